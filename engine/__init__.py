@@ -1,0 +1,49 @@
+"""steerchat's engine: model loading, the SAE, the steering hook, chat turns and their traces.
+
+Everything that touches torch lives here, and nothing here imports Textual. Heavy
+modules are imported lazily so that `engine.trace`, `engine.levels` and `engine.api`
+stay cheap for the UI.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from engine.api import EngineError, LoadProgress, ModelNotAvailable, SAEFileError, SamplingSettings
+from engine.levels import DEFAULT_LEVELS, GuidanceMode, LevelScale, SafetyLevel, SafetySettings
+from engine.trace import TurnTrace
+
+if TYPE_CHECKING:
+    from engine.sae import SAE
+    from engine.session import Session, open_session
+
+_LAZY = {
+    "SAE": "engine.sae",
+    "Session": "engine.session",
+    "open_session": "engine.session",
+    "SteeringHook": "engine.steering",
+    "judge_refusal": "engine.refusal",
+}
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "EngineError",
+    "GuidanceMode",
+    "LevelScale",
+    "LoadProgress",
+    "ModelNotAvailable",
+    "SAEFileError",
+    "SafetyLevel",
+    "SafetySettings",
+    "SamplingSettings",
+    "TurnTrace",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

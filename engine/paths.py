@@ -1,0 +1,55 @@
+"""Where steerchat keeps things, from platformdirs: config, data (chat history) and cache.
+
+`STEERCHAT_HOME` puts all three under one folder (tests and portable installs use it).
+Model weights stay in the Hugging Face cache, which `HF_HOME` controls as usual.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+APP = "steerchat"
+
+
+@dataclass(frozen=True)
+class Paths:
+    config_dir: Path
+    data_dir: Path
+    cache_dir: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @property
+    def history_db(self) -> Path:
+        return self.data_dir / "history.sqlite"
+
+    @property
+    def models_cache(self) -> Path:
+        return self.cache_dir / "models"
+
+    @property
+    def activations_cache(self) -> Path:
+        return self.cache_dir / "activations"
+
+    def hf_cache(self) -> Path:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+
+
+def get_paths() -> Paths:
+    home = os.environ.get("STEERCHAT_HOME")
+    if home:
+        root = Path(home)
+        return Paths(root / "config", root / "data", root / "cache")
+    import platformdirs
+
+    return Paths(
+        Path(platformdirs.user_config_dir(APP)),
+        Path(platformdirs.user_data_dir(APP)),
+        Path(platformdirs.user_cache_dir(APP)),
+    )
