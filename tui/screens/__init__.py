@@ -1,0 +1,1 @@
+"""Screens of the steerchat app: loading, chat list, why-refused, settings."""

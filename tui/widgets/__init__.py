@@ -1,0 +1,1 @@
+"""Widgets of the steerchat app: chat messages, the safety slider, the features panel."""

@@ -1,0 +1,226 @@
+"""The steerchat Textual app and `run_chat`, the entry point the CLI calls.
+
+The engine is imported only inside the loading worker (through the default session
+factory), so importing this module never imports torch. Tests inject a fake factory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+
+from engine.api import ChatSession, EngineError, LoadProgress, ModelNotAvailable
+from engine.paths import get_paths
+from tui.config import Config, load_config, merge_overrides, save_config
+from tui.screens.chat import ChatScreen
+from tui.screens.loading import LoadingScreen
+from tui.store import Store
+
+SessionFactory = Callable[..., ChatSession]
+
+
+def default_session_factory(model: str, **kwargs) -> ChatSession:
+    """Open a real engine session; torch is imported here, in the loading worker."""
+    from engine.session import open_session
+
+    return open_session(model, **kwargs)
+
+
+class SteerChatApp(App[int]):
+    """The chat app. `session_factory` has `engine.session.open_session`'s signature."""
+
+    TITLE = "steerchat"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+    ]
+
+    class Loaded(Message):
+        def __init__(self, session: ChatSession) -> None:
+            super().__init__()
+            self.session = session
+
+    class LoadFailed(Message):
+        def __init__(self, model: str, error: str, not_available: bool) -> None:
+            super().__init__()
+            self.model = model
+            self.error = error
+            self.not_available = not_available
+
+    class Progress(Message):
+        def __init__(self, step: LoadProgress) -> None:
+            super().__init__()
+            self.step = step
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        session_factory: SessionFactory | None = None,
+        store: Store | None = None,
+        config_warning: str | None = None,
+        config_file: Path | None = None,
+        export_dir: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config or Config()
+        self.session_factory = session_factory or default_session_factory
+        paths = get_paths()
+        self.store = store or Store(paths.history_db)
+        self.config_warning = config_warning
+        self.config_file = config_file
+        self.export_dir = export_dir or paths.data_dir / "exports"
+        self.session: ChatSession | None = None
+        self.chat_screen = ChatScreen(self.store)
+        self.loading: LoadingScreen | None = None
+        if self.config.theme in self.available_themes:
+            self.theme = self.config.theme
+
+    def get_default_screen(self) -> Screen:
+        return self.chat_screen
+
+    def on_mount(self) -> None:
+        if self.store.recovered:
+            self.notify(f"{self.store.recovered} reply cut off by a crash was saved as interrupted.", timeout=6)
+        self.load_model(self.config.model)
+
+    # loading
+    def load_model(self, model: str) -> None:
+        """Show the loading screen and open `model` in a thread worker."""
+        self.config.model = model
+        self.loading = LoadingScreen(model, self.config_warning)
+        self.push_screen(self.loading)
+        self._open_session(model)
+
+    @work(thread=True, exclusive=True, group="load")
+    def _open_session(self, model: str) -> None:
+        cfg = self.config
+        try:
+            session = self.session_factory(
+                model, sae=cfg.sae, adapter=cfg.adapter, level=cfg.level, system=cfg.system,
+                quant=cfg.quant, sampling=cfg.sampling,
+                progress=lambda step: self.post_message(self.Progress(step)),
+            )
+        except ModelNotAvailable as exc:
+            self.post_message(self.LoadFailed(model, str(exc), True))
+        except EngineError as exc:
+            self.post_message(self.LoadFailed(model, str(exc), False))
+        except Exception as exc:  # a loader bug: say what it was, keep the app alive
+            self.post_message(self.LoadFailed(model, f"{type(exc).__name__}: {exc}", False))
+        else:
+            self.post_message(self.Loaded(session))
+
+    def on_steer_chat_app_progress(self, message: Progress) -> None:
+        if self.loading is not None and self.loading.is_attached:
+            self.loading.show_progress(message.step)
+
+    def on_steer_chat_app_load_failed(self, message: LoadFailed) -> None:
+        if self.loading is not None:
+            self.loading.show_error(message.error, offer_starter=message.not_available)
+
+    def on_steer_chat_app_loaded(self, message: Loaded) -> None:
+        self.session = message.session
+        if self.loading is not None:
+            self.loading.dismiss()
+            self.loading = None
+        self.chat_screen.attach(message.session)
+        if self.config_warning:
+            self.notify(self.config_warning, severity="warning", timeout=10)
+
+    def on_loading_screen_use_model(self, message: LoadingScreen.UseModel) -> None:
+        self.loading.dismiss()
+        self.loading = None
+        self.load_model(message.model)
+
+    # chats and export
+    def action_chats(self) -> None:
+        from tui.screens.chats import ChatListScreen
+
+        async def opened(chat_id: int | None) -> None:
+            current = self.chat_screen.chat_id
+            if chat_id is not None:
+                await self.chat_screen.load_chat(chat_id)
+            elif current is not None and self.store.chat(current) is None:
+                await self.chat_screen.load_chat(None)  # the open chat was deleted
+            else:
+                self.chat_screen.update_status()
+
+        if self.chat_screen.streaming is not None:
+            self.notify("Wait for the reply to finish, or press Esc.", severity="warning")
+            return
+        self.push_screen(ChatListScreen(self.store, self.export_dir, self.chat_screen.chat_id), opened)
+
+    def export_current(self, fmt: str) -> None:
+        from tui.export import export_chat
+
+        if self.chat_screen.chat_id is None:
+            self.notify("Nothing to export yet.", severity="warning")
+            return
+        path = export_chat(self.store, self.chat_screen.chat_id, self.export_dir, fmt)
+        self.notify(f"Exported to {path}")
+
+    def save_settings(self) -> None:
+        """Keep the current model, level, theme and the rest as the defaults in config.toml."""
+        if self.session is not None:
+            self.config.level = self.session.settings.level.name
+        self.config.theme = self.theme
+        path = save_config(self.config, self.config_file)
+        self.notify(f"Settings saved to {path}")
+
+    def watch_theme(self, theme: str) -> None:
+        # A theme picked in the palette is a setting the user expects to keep.
+        if theme != self.config.theme and self.is_running:
+            self.config.theme = theme
+            try:
+                save_config(self.config, self.config_file)
+            except OSError as exc:
+                self.notify(f"Could not save the theme: {exc}", severity="error")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        chat = self.chat_screen
+        yield SystemCommand("Regenerate", "Write the last reply again", chat.action_regenerate)
+        yield SystemCommand("Stop reply", "Stop the reply being written (Esc)", chat.action_cancel)
+        yield SystemCommand("Copy reply", "Copy the selected reply to the clipboard", chat.action_copy)
+        yield SystemCommand("New chat", "Clear the screen and start a new chat", chat.action_clear)
+        yield SystemCommand("Chats", "Open, rename, delete or export saved chats", self.action_chats)
+        yield SystemCommand("Why refused", "Explain the selected reply", chat.action_why)
+        yield SystemCommand("Flag reply as bad", "Mark the selected reply for learning from mistakes", chat.action_flag)
+        yield SystemCommand("Export chat to Markdown", "With each turn's level and top features",
+                            lambda: self.export_current("md"))
+        yield SystemCommand("Export chat to JSON", "With full traces", lambda: self.export_current("json"))
+        yield SystemCommand("Save settings", "Keep model, level, theme and sampling in config.toml", self.save_settings)
+        yield SystemCommand("Toggle features panel", "Show or hide the SAE features", chat.action_toggle_features)
+        if self.session is not None:
+            for level in self.session.levels.levels:
+                yield SystemCommand(
+                    f"Safety level: {level.name}", level.description or f"Move the slider to {level.name}",
+                    lambda name=level.name: chat.query_one("#slider").select(name),
+                )
+
+
+def run_chat(
+    model: str | None = None,
+    sae: str | None = None,
+    level: str | None = None,
+    system: str | None = None,
+    adapter: str | None = None,
+    quant: str | None = None,
+) -> int:
+    """Load config.toml, apply the CLI overrides (None keeps the config value), run the app.
+
+    Returns the process exit code.
+    """
+    config_file = get_paths().config_file
+    config, warning = load_config(config_file)
+    config = merge_overrides(config, model=model, sae=sae, level=level, system=system, adapter=adapter, quant=quant)
+    app = SteerChatApp(config, config_warning=warning, config_file=config_file)
+    result = app.run()
+    app.store.close()
+    return int(result or 0)

@@ -1,0 +1,107 @@
+"""Export a saved chat to Markdown (readable, with each turn's level and top features)
+or to JSON (every message with its full trace)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from engine.trace import FeatureStat, TurnTrace
+from tui.sanitize import sanitize
+from tui.store import ChatRow, MessageRow, Store
+
+
+def _feature_name(stat: FeatureStat) -> str:
+    return f"#{stat.feature} {stat.label}" if stat.label else f"#{stat.feature}"
+
+
+def top_features(stats: list[FeatureStat], n: int = 5) -> list[FeatureStat]:
+    """The `n` strongest features by peak activation."""
+    return sorted(stats, key=lambda s: s.max, reverse=True)[:n]
+
+
+def level_label(level: str | None, trace: TurnTrace | None) -> str:
+    """The level a turn ran at, with any slider moves during the reply ("Low → High")."""
+    names = [level or (trace.level if trace else "?")]
+    if trace:
+        for _, name in trace.level_changes:
+            if name != names[-1]:
+                names.append(name)
+    return " → ".join(names)
+
+
+def _trace(row: MessageRow) -> TurnTrace | None:
+    if not row.trace_json:
+        return None
+    try:
+        return TurnTrace.from_json(row.trace_json)
+    except (ValueError, TypeError, KeyError):
+        return None  # a trace from an incompatible version: export the text anyway
+
+
+def chat_to_markdown(chat: ChatRow, messages: list[MessageRow]) -> str:
+    """The chat as Markdown; control characters in the text are made visible."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(chat.created))
+    lines = [f"# {sanitize(chat.title)}", "", f"Model: {chat.model} · SAE: {chat.sae or 'none'} · {when}", ""]
+    for row in messages:
+        if row.role == "user":
+            lines += ["## You", "", sanitize(row.content), ""]
+            continue
+        trace = _trace(row)
+        head = f"## Assistant (level: {level_label(row.level, trace)}"
+        if row.status != "ok":
+            head += f", {row.status}"
+        if row.flagged_bad:
+            head += ", flagged bad"
+        lines += [head + ")", "", sanitize(row.content), ""]
+        if trace:
+            if trace.verdict is not None:
+                lines.append(f"- Judge: {'refusal' if trace.verdict.refused else 'answer'} (score {trace.verdict.score:.2f})")
+            for span, stats in (("prompt", trace.prompt_features), ("reply", trace.reply_features)):
+                if stats:
+                    tops = ", ".join(f"{_feature_name(s)} ({s.max:.1f})" for s in top_features(stats))
+                    lines.append(f"- Top {span} features: {sanitize(tops)}")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def chat_to_json(chat: ChatRow, messages: list[MessageRow]) -> str:
+    """The chat as JSON, each assistant message with its full trace."""
+    data = {
+        "id": chat.id,
+        "title": chat.title,
+        "created": chat.created,
+        "updated": chat.updated,
+        "model": chat.model,
+        "sae": chat.sae,
+        "system": chat.system,
+        "messages": [
+            {
+                "role": m.role,
+                "content": m.content,
+                "level": m.level,
+                "status": m.status,
+                "created": m.created,
+                "flagged_bad": m.flagged_bad,
+                "trace": json.loads(m.trace_json) if m.trace_json else None,
+            }
+            for m in messages
+        ],
+    }
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def export_chat(store: Store, chat_id: int, folder: Path, fmt: str) -> Path:
+    """Write chat `chat_id` as `fmt` ("md" or "json") into `folder`; return the file."""
+    chat = store.chat(chat_id)
+    if chat is None:
+        raise ValueError(f"no chat with id {chat_id}")
+    messages = store.messages(chat_id)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", chat.title).strip("-").lower()[:40] or "chat"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"steerchat-{chat.id}-{slug}.{fmt}"
+    text = chat_to_markdown(chat, messages) if fmt == "md" else chat_to_json(chat, messages)
+    path.write_text(text, encoding="utf-8")
+    return path

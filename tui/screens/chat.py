@@ -1,0 +1,335 @@
+"""The chat screen: conversation, prompt, safety slider and the features panel.
+
+One turn: the user message and an in-flight reply row are saved at once; a thread
+worker calls the session and posts each token back as a message (thread-safe, in
+order); the partial reply is saved every half second and the turn is finalised with its
+trace. Esc sets the cancel event; the engine stops on the next token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from engine.api import ChatSession, EngineError
+from engine.trace import TurnTrace
+from tui.sanitize import one_line
+from tui.store import Store
+from tui.widgets.chat import AssistantMessage, ChatLog, PromptInput, UserMessage
+from tui.widgets.features_panel import FeaturesPanel
+from tui.widgets.safety_slider import SafetySlider
+
+SAVE_EVERY_S = 0.5
+
+
+class ChatScreen(Screen):
+    """The main screen. The app gives it a session once the model has loaded."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Stop", id="chat.cancel"),
+        Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate"),
+        Binding("ctrl+y", "copy", "Copy reply", id="chat.copy"),
+        Binding("ctrl+w", "why", "Why refused", id="chat.why"),
+        Binding("ctrl+b", "flag", "Flag bad", id="chat.flag"),
+        Binding("ctrl+o", "chats", "Chats", id="chat.chats"),
+        Binding("ctrl+l", "clear", "New chat", id="chat.clear"),
+        Binding("ctrl+s", "focus_slider", "Safety", id="chat.slider"),
+        Binding("f2", "toggle_features", "Features", id="chat.features"),
+        Binding("ctrl+up", "select_turn(-1)", "Prev turn", show=False, id="chat.prev_turn"),
+        Binding("ctrl+down", "select_turn(1)", "Next turn", show=False, id="chat.next_turn"),
+    ]
+
+    DEFAULT_CSS = """
+    ChatScreen #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
+    ChatScreen #main { height: 1fr; }
+    ChatScreen #left { width: 1fr; }
+    ChatScreen PromptInput { height: auto; min-height: 3; max-height: 10; border: round $primary 60%; }
+    ChatScreen PromptInput:focus { border: round $accent; }
+    ChatScreen #hint { height: 1; color: $text-muted; padding: 0 1; }
+    ChatScreen.-narrow FeaturesPanel { display: none; }
+    ChatScreen FeaturesPanel.-hidden { display: none; }
+    """
+
+    class Token(Message):
+        def __init__(self, view: AssistantMessage, piece: str) -> None:
+            super().__init__()
+            self.view = view
+            self.piece = piece
+
+    class TurnDone(Message):
+        def __init__(self, view: AssistantMessage, trace: TurnTrace | None, error: str | None) -> None:
+            super().__init__()
+            self.view = view
+            self.trace = trace
+            self.error = error
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self.session: ChatSession | None = None
+        self.chat_id: int | None = None
+        self.streaming: AssistantMessage | None = None
+        self.selected: AssistantMessage | None = None
+        self.cancel_event = threading.Event()
+        self._last_save = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("steerchat · loading…"), id="status")
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield ChatLog(id="log")
+                yield SafetySlider(["Off"], id="slider")
+                yield PromptInput(id="prompt", placeholder="Message the model. Enter sends, Shift+Enter or Ctrl+J adds a line.")
+            yield FeaturesPanel(id="features")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(PromptInput).focus()
+
+    # session and status
+    def attach(self, session: ChatSession) -> None:
+        """Use `session` from now on: slider notches from its levels, history from the open chat."""
+        self.session = session
+        levels = session.levels.levels
+        names = [lv.name for lv in levels]
+        self.query_one(SafetySlider).set_levels(
+            names, [lv.description for lv in levels], names.index(session.settings.level.name)
+            if session.settings.level.name in names else 0,
+        )
+        session.set_history(self._history())
+        self.update_status()
+
+    def update_status(self) -> None:
+        status = Text("steerchat", style="bold")
+        if self.session is None:
+            status.append(" · loading…")
+        else:
+            status.append(f" · {self.session.model_name} · SAE {self.session.sae_name or 'none'}")
+            status.append(f" · level {self.session.settings.level.name}", style="magenta")
+        if self.chat_id is not None and (chat := self.store.chat(self.chat_id)):
+            status.append(f" · {one_line(chat.title, 40)}")
+        self.query_one("#status", Static).update(status)
+
+    def _turns(self) -> list[AssistantMessage]:
+        return list(self.query(AssistantMessage))
+
+    def _history(self) -> list[tuple[str, str]]:
+        return [(v.prompt, v.text) for v in self._turns()]
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < 110, "-narrow")
+
+    # sending
+    def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+        text = event.text
+        if not text.strip():
+            return
+        if self.session is None:
+            self.notify("The model is still loading.", severity="warning")
+            return
+        if self.streaming is not None:
+            self.notify("A reply is still being written; Esc stops it.", severity="warning")
+            return
+        event.prompt.clear()
+        self.run_worker(self.send(text), exclusive=True, group="send")
+
+    async def send(self, text: str) -> None:
+        """Start a turn: save and show the prompt and an empty reply, then stream into it."""
+        level = self.session.settings.level.name
+        if self.chat_id is None:
+            self.chat_id = self.store.new_chat(one_line(text, 50), self.session.model_name,
+                                               self.session.sae_name, self.session.system_prompt)
+        user_id = self.store.add_message(self.chat_id, "user", text, level=level)
+        reply_id = self.store.add_message(self.chat_id, "assistant", "", level=level, status="streaming")
+        view = AssistantMessage(text, len(self._turns()), level, message_id=reply_id)
+        log = self.query_one(ChatLog)
+        await log.mount_all([UserMessage(text, user_id), view])
+        self._begin(view)
+        self._run_turn(view, lambda on_token, cancel: self.session.send(text, on_token, cancel))
+        self.update_status()
+
+    def _begin(self, view: AssistantMessage) -> None:
+        self.streaming = view
+        self.cancel_event = threading.Event()
+        self._last_save = time.monotonic()
+        self.query_one(ChatLog).anchor()
+
+    @work(thread=True, exclusive=True, group="reply")
+    def _run_turn(self, view: AssistantMessage, call) -> None:
+        try:
+            trace = call(lambda piece: self.post_message(self.Token(view, piece)), self.cancel_event)
+        except EngineError as exc:
+            self.post_message(self.TurnDone(view, None, str(exc)))
+        except Exception as exc:  # an engine bug must not kill the UI or lose the partial reply
+            self.post_message(self.TurnDone(view, None, f"{type(exc).__name__}: {exc}"))
+        else:
+            self.post_message(self.TurnDone(view, trace, None))
+
+    async def on_chat_screen_token(self, message: Token) -> None:
+        await message.view.write(message.piece)
+        now = time.monotonic()
+        if now - self._last_save >= SAVE_EVERY_S and message.view.message_id is not None:
+            self._last_save = now
+            self.store.update_message(message.view.message_id, content=message.view.text)
+
+    async def on_chat_screen_turn_done(self, message: TurnDone) -> None:
+        view, trace = message.view, message.trace
+        if trace is None:
+            status, text = "error", view.text
+            self.notify(f"The reply failed: {message.error}", severity="error", timeout=8)
+        else:
+            status = "error" if trace.error else "stopped" if trace.stopped else "ok"
+            text = trace.reply if trace.reply or not view.text else view.text
+        await view.finish(trace, status, text)
+        if view.message_id is not None:
+            self.store.update_message(
+                view.message_id, content=text, status=status, level=view.level_label,
+                trace_json=trace.to_json() if trace else None,
+            )
+        self.streaming = None
+        self.select(view)
+        if view.refused:
+            self.notify("The judge marked this reply as a refusal. Ctrl+W shows why.", timeout=5)
+
+    # slider
+    def on_safety_slider_changed(self, event: SafetySlider.Changed) -> None:
+        if self.session is None:
+            return
+        # The engine reads settings at every step: this takes effect on the next token.
+        self.session.settings = self.session.settings.with_level(self.session.levels.get(event.name))
+        if self.streaming is not None:
+            self.streaming.add_level(event.name)
+        self.update_status()
+
+    def action_focus_slider(self) -> None:
+        self.query_one(SafetySlider).focus()
+
+    # turn actions
+    def select(self, view: AssistantMessage | None) -> None:
+        """Make `view` the selected turn and show its features."""
+        for other in self._turns():
+            other.set_class(other is view, "-selected")
+        self.selected = view
+        panel = self.query_one(FeaturesPanel)
+        if view is None:
+            panel.show(None, "Select a reply to see its features.")
+        elif view.trace is None:
+            panel.show(None, f"No trace for this reply ({view.status}).")
+        else:
+            panel.show(view.trace)
+
+    def on_assistant_message_selected(self, event: AssistantMessage.Selected) -> None:
+        self.select(event.view)
+
+    def action_select_turn(self, step: int) -> None:
+        turns = self._turns()
+        if not turns:
+            return
+        index = turns.index(self.selected) + step if self.selected in turns else len(turns) - 1
+        view = turns[max(0, min(index, len(turns) - 1))]
+        self.select(view)
+        view.scroll_visible()
+
+    def _target(self) -> AssistantMessage | None:
+        turns = self._turns()
+        return self.selected if self.selected in turns else (turns[-1] if turns else None)
+
+    def action_cancel(self) -> None:
+        if self.streaming is not None:
+            self.cancel_event.set()
+
+    def action_regenerate(self) -> None:
+        turns = self._turns()
+        if self.session is None or not turns:
+            return
+        if self.streaming is not None:
+            self.notify("Wait for the reply to finish, or press Esc.", severity="warning")
+            return
+        self.run_worker(self._regenerate(turns[-1]), exclusive=True, group="send")
+
+    async def _regenerate(self, view: AssistantMessage) -> None:
+        await view.restart(self.session.settings.level.name)
+        if view.message_id is not None:
+            self.store.update_message(view.message_id, content="", status="streaming")
+        self._begin(view)
+        self._run_turn(view, lambda on_token, cancel: self.session.regenerate(on_token, cancel))
+
+    def action_copy(self) -> None:
+        view = self._target()
+        if view is None:
+            return
+        self.app.copy_to_clipboard(view.text)
+        self.notify("Reply copied.")
+
+    def action_flag(self) -> None:
+        view = self._target()
+        if view is None or view.message_id is None:
+            return
+        view.flagged = not view.flagged
+        self.store.set_flag(view.message_id, view.flagged)
+        view.refresh_header()
+        self.notify("Reply flagged as bad." if view.flagged else "Flag removed.")
+
+    def action_why(self) -> None:
+        from tui.screens.why_refused import WhyRefusedScreen
+
+        view = self._target()
+        if view is None or view.trace is None:
+            self.notify("No finished reply to explain.", severity="warning")
+            return
+        self.app.push_screen(WhyRefusedScreen(view.trace, view.turn_index, self.session))
+
+    def action_toggle_features(self) -> None:
+        panel = self.query_one(FeaturesPanel)
+        if self.has_class("-narrow"):
+            self.remove_class("-narrow")
+            panel.remove_class("-hidden")
+        else:
+            panel.toggle_class("-hidden")
+
+    def action_chats(self) -> None:
+        self.app.action_chats()
+
+    async def action_clear(self) -> None:
+        """Start a fresh chat; the old one stays saved in the chat list."""
+        if self.streaming is not None:
+            self.notify("Wait for the reply to finish, or press Esc.", severity="warning")
+            return
+        await self.load_chat(None)
+
+    async def load_chat(self, chat_id: int | None) -> None:
+        """Show saved chat `chat_id` (None: an empty new chat) and hand its history to the session."""
+        log = self.query_one(ChatLog)
+        await log.remove_children()
+        self.chat_id = chat_id
+        self.selected = None
+        views: list = []
+        prompt = ""
+        if chat_id is not None:
+            for row in self.store.messages(chat_id):
+                if row.role == "user":
+                    prompt = row.content
+                    views.append(UserMessage(row.content, row.id))
+                    continue
+                trace = TurnTrace.from_json(row.trace_json) if row.trace_json else None
+                views.append(AssistantMessage(
+                    prompt, sum(isinstance(v, AssistantMessage) for v in views), row.level or "?",
+                    message_id=row.id, text=row.content, status=row.status, trace=trace, flagged=row.flagged_bad,
+                ))
+        await log.mount_all(views)
+        if self.session is not None:
+            self.session.set_history(self._history())
+        turns = self._turns()
+        self.select(turns[-1] if turns else None)
+        log.anchor()
+        self.update_status()
+        self.query_one(PromptInput).focus()

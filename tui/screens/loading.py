@@ -1,0 +1,123 @@
+"""The loading screen: download, conversion and quantisation progress while the model loads.
+
+The model loads in a thread worker, so this screen stays responsive. If the engine says
+the model is not available (offline, not cached), it says so and offers the starter model.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Center, Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Button, Footer, ProgressBar, Static
+
+from engine.api import LoadProgress
+from tui.config import STARTER_MODEL
+
+STAGES = {
+    "download": "Downloading",
+    "convert": "Converting",
+    "load": "Loading weights",
+    "quantise": "Quantising",
+    "sae": "Loading the SAE",
+    "ready": "Ready",
+}
+
+
+class LoadingScreen(Screen):
+    """Shows one model's loading progress, or why it could not load."""
+
+    BINDINGS = [
+        Binding("s", "starter", "Use starter model", id="loading.starter"),
+        Binding("q", "app.quit", "Quit", id="loading.quit"),
+    ]
+
+    DEFAULT_CSS = """
+    LoadingScreen { align: center middle; }
+    LoadingScreen #box { width: 72; height: auto; border: round $primary; padding: 1 2; }
+    LoadingScreen #title { text-style: bold; margin-bottom: 1; }
+    LoadingScreen ProgressBar { margin: 1 0; }
+    LoadingScreen #error { color: $error; margin: 1 0; }
+    LoadingScreen #warning { color: $warning; margin-bottom: 1; }
+    LoadingScreen Horizontal { height: auto; }
+    LoadingScreen Button { margin-right: 2; }
+    """
+
+    class UseModel(Message):
+        """The user asked to load another model (the starter)."""
+
+        def __init__(self, model: str) -> None:
+            super().__init__()
+            self.model = model
+
+    def __init__(self, model: str, warning: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.warning = warning
+        self.failed = False
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="box"):
+            yield Static(Text(f"Opening {self.model}"), id="title")
+            if self.warning:
+                yield Static(Text(self.warning), id="warning")
+            yield Static(Text("Starting…"), id="stage")
+            with Center():
+                yield ProgressBar(total=None, show_eta=False, id="bar")
+            yield Static("", id="detail")
+            yield Static("", id="error")
+            with Horizontal(id="actions"):
+                yield Button(f"Use the starter model ({STARTER_MODEL})", id="starter", variant="primary")
+                yield Button("Quit", id="quit")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#actions").display = False
+        self.query_one("#error").display = False
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        # The starter key only means something once loading failed.
+        if action == "starter":
+            return self.failed and self.model != STARTER_MODEL
+        return True
+
+    def show_progress(self, step: LoadProgress) -> None:
+        """Update the stage line and the bar from one engine progress report."""
+        stage = STAGES.get(step.stage, step.stage.capitalize())
+        self.query_one("#stage", Static).update(Text(f"{stage}: {step.message}"))
+        bar = self.query_one("#bar", ProgressBar)
+        if step.total:
+            bar.update(total=step.total, progress=step.done)
+            if step.stage == "download" and step.total > 1024:
+                detail = f"{step.done / 2**20:.1f} of {step.total / 2**20:.1f} MiB"
+            else:
+                detail = ""
+            self.query_one("#detail", Static).update(Text(detail))
+        else:
+            bar.update(total=None)
+
+    def show_error(self, message: str, offer_starter: bool) -> None:
+        """Loading failed: say why in the engine's words and offer a way on."""
+        self.failed = True
+        error = self.query_one("#error", Static)
+        error.update(Text(message))
+        error.display = True
+        self.query_one("#bar").display = False
+        self.query_one("#stage", Static).update(Text(f"Could not open {self.model}."))
+        self.query_one("#actions").display = True
+        starter = self.query_one("#starter", Button)
+        starter.display = offer_starter and self.model != STARTER_MODEL
+        (starter if starter.display else self.query_one("#quit", Button)).focus()
+        self.refresh_bindings()
+
+    def action_starter(self) -> None:
+        self.post_message(self.UseModel(STARTER_MODEL))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "starter":
+            self.action_starter()
+        else:
+            self.app.exit(1)

@@ -1,0 +1,220 @@
+"""Why refused: what happened on one turn, in plain words and numbers.
+
+The judge's verdict and evidence; whether the refusal features were active on their own
+or pushed there by steering; which prompt tokens lit the harm features; the guidance in
+force; and a button that answers the same turn with steering off, side by side.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Button, Footer, Markdown, Static
+
+from engine.api import ChatSession
+from engine.levels import GuidanceMode, SafetyLevel, SafetySettings
+from engine.trace import TurnTrace
+from tui.sanitize import sanitize
+from tui.widgets.features_panel import feature_name
+
+NATURAL_SHARE = 0.5  # natural activation ≥ half the reference counts as "active on its own"
+
+
+def verdict_text(trace: TurnTrace) -> str:
+    v = trace.verdict
+    if v is None:
+        return "The refusal judge gave no verdict for this reply."
+    words = "a refusal" if v.refused else "an answer, not a refusal"
+    text = f"The refusal judge reads this reply as {words} (score {v.score:.2f})."
+    if v.phrase:
+        text += f' It matched the refusal phrase "{sanitize(v.phrase)}".'
+    if v.opening_log_odds is not None:
+        text += f" The log-odds of a refusal opening at the first reply token were {v.opening_log_odds:+.1f}."
+    if v.evidence:
+        text += " Evidence: " + "; ".join(sanitize(e) for e in v.evidence) + "."
+    return text
+
+
+def steering_text(trace: TurnTrace) -> str:
+    """Were the refusal features active on their own, or pushed there by steering?"""
+    if not trace.refusal_features:
+        return "This model has no refusal features, so nothing was steered."
+    lines = []
+    for st in trace.refusal_features:
+        name = feature_name(st.feature, st.label)
+        natural = max(st.natural_reply_max, st.natural_prompt_max)
+        own = natural >= NATURAL_SHARE * st.reference_activation
+        line = (
+            f"Feature {name} reached {st.natural_reply_max:.1f} on the reply and "
+            f"{st.natural_prompt_max:.1f} on the prompt on its own; when the model refuses it "
+            f"typically reaches {st.reference_activation:.1f}."
+        )
+        if st.target is None:
+            line += " Steering did not touch it"
+            line += ", so it was active on its own." if own else ", and it stayed weak."
+        elif st.target > natural:
+            line += f" Steering clamped it to {st.target:.1f}"
+            line += (
+                ", but it was already active on its own."
+                if own
+                else f", {st.target / max(natural, 1e-6):.0f}× its natural level: pushed there by steering."
+                if natural > 0
+                else ": pushed there by steering from zero."
+            )
+        else:
+            line += f" Steering held it at {st.target:.1f}, below its natural level."
+        lines.append(line)
+    return "\n\n".join(lines)
+
+
+def gate_text(trace: TurnTrace) -> str:
+    level = f"Level {trace.level}: guidance {trace.guidance_mode}, strength s={trace.strength:g}"
+    level += ", only when the prompt looks harmful." if trace.conditional else "."
+    gate = trace.gate
+    if gate is None:
+        return level
+    state = "open, so steering applied" if gate.open else "closed, so steering was skipped"
+    if not trace.conditional:
+        state = "open" if gate.open else "closed"
+        state += " (this level steers regardless)" if trace.strength > 0 else ""
+    return f"{level}\nThe harm gate scored the prompt {gate.score:.2f} against a threshold of {gate.threshold:.2f}: {state}."
+
+
+def harm_tokens(trace: TurnTrace) -> Text:
+    """The prompt tokens that lit the harm features, strongest first."""
+    tokens = trace.gate.top_tokens if trace.gate else []
+    if not tokens:
+        return Text("No prompt token lit the harm features.", style="dim")
+    out = Text("Prompt tokens that lit the harm features: ")
+    for token, score in sorted(tokens, key=lambda t: t[1], reverse=True)[:10]:
+        out.append(f" {sanitize(token)} ", style="bold white on dark_red")
+        out.append(f" {score:.1f}  ", style="dim")
+    return out
+
+
+def guidance_words(trace: TurnTrace) -> Text:
+    if not trace.guidance_text:
+        return Text("No guidance text was in force.", style="dim")
+    out = Text(f"Guidance in force ({trace.guidance_mode}): ")
+    out.append(f"“{sanitize(trace.guidance_text)}”", style="italic")
+    return out
+
+
+def steering_off(session: ChatSession) -> SafetyLevel:
+    """The level with no steering and no guidance (the scale's first such notch)."""
+    for level in session.levels.levels:
+        if not level.steers and level.guidance == GuidanceMode.NONE:
+            return level
+    return SafetyLevel("Off")
+
+
+class WhyRefusedScreen(ModalScreen[None]):
+    """Explains one turn; can rerun it with steering off for a side-by-side comparison."""
+
+    BINDINGS = [
+        Binding("escape", "close", "Close", id="why.close"),
+        Binding("o", "compare", "Compare with steering off", id="why.compare"),
+    ]
+
+    DEFAULT_CSS = """
+    WhyRefusedScreen { align: center middle; }
+    WhyRefusedScreen #box { width: 95%; height: 90%; border: round $error; padding: 0 1; }
+    WhyRefusedScreen #explain > Static { margin-bottom: 1; }
+    WhyRefusedScreen #explain { height: 1fr; }
+    WhyRefusedScreen #compare { height: 1fr; display: none; }
+    WhyRefusedScreen #compare.-shown { display: block; }
+    WhyRefusedScreen #compare VerticalScroll { width: 1fr; border: round $primary 50%; }
+    WhyRefusedScreen Button { margin: 0 0 1 0; }
+    """
+
+    class RerunToken(Message):
+        def __init__(self, piece: str) -> None:
+            super().__init__()
+            self.piece = piece
+
+    class RerunDone(Message):
+        def __init__(self, trace: TurnTrace | None, error: str | None) -> None:
+            super().__init__()
+            self.trace = trace
+            self.error = error
+
+    def __init__(self, trace: TurnTrace, turn_index: int, session: ChatSession | None) -> None:
+        super().__init__()
+        self.trace = trace
+        self.turn_index = turn_index
+        self.session = session
+        self.cancel = threading.Event()
+        self.rerun_trace: TurnTrace | None = None
+        self._rerun_text = ""
+
+    def compose(self) -> ComposeResult:
+        refused = self.trace.verdict is not None and self.trace.verdict.refused
+        with Vertical(id="box") as box:
+            box.border_title = "Why was this refused?" if refused else "Why was this not refused?"
+            with VerticalScroll(id="explain"):
+                yield Static(Text(verdict_text(self.trace)), id="why-verdict")
+                yield Static(Text(steering_text(self.trace)), id="why-steering")
+                yield Static(Text(gate_text(self.trace)), id="why-gate")
+                yield Static(harm_tokens(self.trace), id="why-tokens")
+                yield Static(guidance_words(self.trace), id="why-guidance")
+                yield Button("Regenerate this turn with steering off (o)", id="why-compare", variant="warning")
+            with Horizontal(id="compare"):
+                with VerticalScroll(id="as-sent") as left:
+                    left.border_title = f"As sent (level {self.trace.level})"
+                    yield Markdown(sanitize(self.trace.reply))
+                with VerticalScroll(id="steering-off") as right:
+                    right.border_title = "Steering off"
+                    yield Markdown("", id="off-reply")
+        yield Footer()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "why-compare":
+            self.action_compare()
+
+    def action_compare(self) -> None:
+        if self.session is None:
+            self.notify("The model is not loaded yet.", severity="warning")
+            return
+        self.query_one("#compare").add_class("-shown")
+        self.query_one("#why-compare", Button).disabled = True
+        level = steering_off(self.session)
+        self.query_one("#steering-off").border_title = f"Steering off (level {level.name}) …"
+        self._rerun(SafetySettings(level=level))
+
+    @work(thread=True, exclusive=True, group="rerun")
+    def _rerun(self, settings: SafetySettings) -> None:
+        try:
+            trace = self.session.rerun(
+                self.turn_index, settings, lambda piece: self.post_message(self.RerunToken(piece)), self.cancel
+            )
+        except Exception as exc:  # shown to the user; the chat itself is unaffected
+            self.post_message(self.RerunDone(None, str(exc) or type(exc).__name__))
+        else:
+            self.post_message(self.RerunDone(trace, None))
+
+    async def on_why_refused_screen_rerun_token(self, message: RerunToken) -> None:
+        self._rerun_text += message.piece
+        await self.query_one("#off-reply", Markdown).update(sanitize(self._rerun_text))
+
+    async def on_why_refused_screen_rerun_done(self, message: RerunDone) -> None:
+        right = self.query_one("#steering-off")
+        if message.error:
+            right.border_title = "Steering off: failed"
+            await self.query_one("#off-reply", Markdown).update(sanitize(f"Could not rerun: {message.error}"))
+            return
+        self.rerun_trace = message.trace
+        await self.query_one("#off-reply", Markdown).update(sanitize(message.trace.reply))
+        verdict = message.trace.verdict
+        judged = "" if verdict is None else (" · judged refusal" if verdict.refused else " · judged answer")
+        right.border_title = f"Steering off (level {message.trace.level}){judged}"
+
+    def action_close(self) -> None:
+        self.cancel.set()
+        self.dismiss(None)

@@ -1,0 +1,201 @@
+"""Chat widgets: the prompt box, a user message, a streaming assistant message, the log.
+
+All text is shown literally: user text goes through `Text` (no Rich markup), replies go
+through Markdown after `sanitize`, so neither markup nor escape sequences take effect.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Markdown, Static, TextArea
+from textual.widgets.markdown import MarkdownStream
+
+from engine.trace import TurnTrace
+from tui.sanitize import sanitize
+
+NEWLINE_KEYS = ("shift+enter", "ctrl+j")
+
+
+class PromptInput(TextArea):
+    """A multi-line prompt: Enter sends, Shift+Enter (or Ctrl+J) adds a newline."""
+
+    class Submitted(Message):
+        def __init__(self, prompt: "PromptInput", text: str) -> None:
+            super().__init__()
+            self.prompt = prompt
+            self.text = text
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self, self.text))
+            return
+        if event.key in NEWLINE_KEYS:
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+            return
+        await super()._on_key(event)
+
+
+class UserMessage(Static):
+    """What the user sent, shown literally."""
+
+    DEFAULT_CSS = """
+    UserMessage {
+        margin: 1 8 0 0;
+        padding: 0 1;
+        border-left: thick $secondary;
+        background: $boost;
+    }
+    """
+
+    def __init__(self, text: str, message_id: int | None = None) -> None:
+        super().__init__(Text(sanitize(text)))
+        self.text = text
+        self.message_id = message_id
+        self.border_title = "You"
+
+
+class AssistantMessage(Vertical, can_focus=True):
+    """One reply: a header (level, status, judge) over Markdown that can stream."""
+
+    DEFAULT_CSS = """
+    AssistantMessage {
+        height: auto;
+        margin: 1 0 0 0;
+        padding: 0 1;
+        border-left: thick $primary 50%;
+    }
+    AssistantMessage:focus, AssistantMessage.-selected {
+        border-left: thick $accent;
+        background: $boost;
+    }
+    AssistantMessage .header { color: $text-muted; }
+    AssistantMessage Markdown { margin: 0; padding: 0; background: transparent; }
+    """
+
+    class Selected(Message):
+        def __init__(self, view: "AssistantMessage") -> None:
+            super().__init__()
+            self.view = view
+
+    def __init__(
+        self,
+        prompt: str,
+        turn_index: int,
+        level: str,
+        *,
+        message_id: int | None = None,
+        text: str = "",
+        status: str = "streaming",
+        trace: TurnTrace | None = None,
+        flagged: bool = False,
+    ) -> None:
+        super().__init__()
+        self.prompt = prompt
+        self.turn_index = turn_index
+        # The level at the start, then every slider move.
+        self.levels_seen = [trace.level] + [n for _, n in trace.level_changes] if trace else [level]
+        self.message_id = message_id
+        self.text = text
+        self.status = status
+        self.trace = trace
+        self.flagged = flagged
+        self._stream: MarkdownStream | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._header(), classes="header")
+        yield Markdown(sanitize(self.text))
+
+    @property
+    def level_label(self) -> str:
+        names: list[str] = []
+        for name in self.levels_seen:
+            if not names or names[-1] != name:
+                names.append(name)
+        return " → ".join(names)
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.trace and self.trace.verdict and self.trace.verdict.refused)
+
+    def _header(self) -> Text:
+        head = Text("Assistant", style="bold")
+        head.append(f"  level {self.level_label}", style="magenta")
+        badges = {
+            "streaming": ("  … writing", "italic"),
+            "stopped": ("  ⏹ stopped", "bold yellow"),
+            "interrupted": ("  ⚠ interrupted", "bold yellow"),
+            "error": ("  ✖ error", "bold red"),
+        }
+        if self.status in badges:
+            head.append(*badges[self.status])
+        if self.refused:
+            head.append("  ⛔ refused · ctrl+w why", style="bold red")
+        if self.trace and self.trace.error:
+            head.append(f"  {sanitize(self.trace.error)}", style="red")
+        if self.flagged:
+            head.append("  ⚑ flagged bad", style="bold yellow")
+        return head
+
+    def refresh_header(self) -> None:
+        if self.is_mounted:
+            self.query_one(".header", Static).update(self._header())
+
+    def add_level(self, name: str) -> None:
+        """The slider moved while this reply streams."""
+        self.levels_seen.append(name)
+        self.refresh_header()
+
+    async def write(self, piece: str) -> None:
+        """Append a streamed piece (sanitised) to the Markdown."""
+        self.text += piece
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.query_one(Markdown))
+        await self._stream.write(sanitize(piece))
+
+    async def restart(self, level: str) -> None:
+        """Empty the reply for a regenerate."""
+        await self._stop_stream()
+        self.text, self.trace, self.status, self.levels_seen = "", None, "streaming", [level]
+        await self.query_one(Markdown).update("")
+        self.refresh_header()
+
+    async def _stop_stream(self) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+
+    async def finish(self, trace: TurnTrace | None, status: str, text: str | None = None) -> None:
+        """The turn ended: settle the text, remember the trace, show the status."""
+        await self._stop_stream()
+        self.trace, self.status = trace, status
+        if trace is not None:
+            self.levels_seen = [trace.level] + [name for _, name in trace.level_changes]
+        if text is not None and text != self.text:
+            self.text = text
+            await self.query_one(Markdown).update(sanitize(text))
+        self.refresh_header()
+
+    def on_focus(self) -> None:
+        self.post_message(self.Selected(self))
+
+    def on_click(self) -> None:
+        self.focus()
+
+
+class ChatLog(VerticalScroll):
+    """The scrolling conversation; follows the newest text unless the user scrolled up."""
+
+    DEFAULT_CSS = """
+    ChatLog { padding: 0 1; }
+    """
+
+    def on_mount(self) -> None:
+        self.anchor()

@@ -1,0 +1,187 @@
+"""The features panel: what the SAE saw on the selected turn, like a tiny Neuronpedia.
+
+Prompt and reply features as bars (peak and mean activation, count), the refusal
+features' natural activation against the clamp target, and a heat map of the tokens a
+chosen feature fired on.
+"""
+
+from __future__ import annotations
+
+from rich.color import Color
+from rich.style import Style
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+from engine.trace import FeatureStat, RefusalFeatureState, TurnTrace
+from tui.sanitize import sanitize
+
+BAR_WIDTH = 10
+NAME_WIDTH = 22
+_BLOCKS = " ▏▎▍▌▋▊▉█"
+
+
+def bar(value: float, scale: float, width: int = BAR_WIDTH) -> str:
+    """A left-aligned bar of `width` cells for `value` on [0, scale], with eighth-cell steps."""
+    if scale <= 0 or value <= 0:
+        return " " * width
+    eighths = round(min(value / scale, 1.0) * width * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (_BLOCKS[part] if part else "")).ljust(width)
+
+
+def feature_name(feature: int, label: str | None) -> str:
+    return f"#{feature} {sanitize(label)}" if label else f"#{feature}"
+
+
+def feature_table(title: str, stats: list[FeatureStat], highlight: set[int], limit: int = 8) -> Text:
+    """Rows of `label  peak-bar peak  mean-bar mean  count`, strongest first."""
+    out = Text(f"{title:<33}peak{'':>8}mean   n\n", style="bold")
+    if not stats:
+        out.append("  none fired\n", style="dim")
+        return out
+    stats = sorted(stats, key=lambda s: s.max, reverse=True)[:limit]
+    scale = max(s.max for s in stats)
+    for s in stats:
+        style = "bold red" if s.feature in highlight else ""
+        out.append(f" {feature_name(s.feature, s.label)[:NAME_WIDTH]:<{NAME_WIDTH}} ", style=style)
+        out.append(bar(s.max, scale), style="green")
+        out.append(f"{s.max:5.1f} ")
+        out.append(bar(s.mean, scale, BAR_WIDTH // 2), style="cyan")
+        out.append(f"{s.mean:5.1f} ")
+        out.append(f"{s.count:>3}\n", style="dim")
+    return out
+
+
+def refusal_table(states: list[RefusalFeatureState]) -> Text:
+    """Each refusal feature: natural reply activation as a bar, the clamp target as ▼."""
+    out = Text("Refusal features: natural activation vs clamp target\n", style="bold")
+    if not states:
+        out.append("  this model has no refusal features\n", style="dim")
+        return out
+    width = BAR_WIDTH * 3
+    for st in states:
+        scale = max(st.reference_activation, st.target or 0.0, st.natural_reply_max, 1e-6) * 1.1
+        cells = list(bar(st.natural_reply_max, scale, width))
+        ref_at = min(width - 1, int(st.reference_activation / scale * width))
+        if cells[ref_at] == " ":
+            cells[ref_at] = "┊"
+        if st.target is not None:
+            cells[min(width - 1, int(st.target / scale * width))] = "▼"
+        out.append(f" {feature_name(st.feature, st.label)[:NAME_WIDTH]:<{NAME_WIDTH}} ", style="bold red")
+        out.append("".join(cells) + "\n", style="red")
+        out.append(f"   natural {st.natural_reply_max:.1f} (prompt {st.natural_prompt_max:.1f}) · ")
+        if st.target is None:
+            out.append("not clamped", style="dim")
+        else:
+            out.append(f"clamped to {st.target:.1f}", style="bold")
+        out.append(f" · ref {st.reference_activation:.1f}\n", style="dim")
+    out.append(" █ natural  ▼ clamp target  ┊ reference (when it refuses)\n", style="dim")
+    return out
+
+
+def heat_map(trace: TurnTrace, feature: int) -> Text:
+    """The turn's tokens with a background as hot as `feature`'s activation on each."""
+    heat = trace.feature_heat(feature)
+    peak = max((a for _, _, a in heat), default=0.0)
+    out = Text()
+    span = None
+    for token, where, act in heat:
+        if where != span:
+            out.append(("\n\n" if span else "") + ("Prompt: " if where == "prompt" else "Reply:  "), style="bold")
+            span = where
+        strength = act / peak if peak > 0 else 0.0
+        if strength > 0:
+            bg = Color.from_rgb(40 + 215 * strength, 40 + 90 * strength, 40)
+            out.append(sanitize(token), style=Style(bgcolor=bg, color="white" if strength < 0.6 else "black"))
+        else:
+            out.append(sanitize(token), style="dim")
+    out.append(f"\n\npeak {peak:.1f}", style="dim")
+    return out
+
+
+def turn_summary(trace: TurnTrace) -> Text:
+    out = Text()
+    out.append(f"Level {trace.level}", style="bold magenta")
+    out.append(f"  s={trace.strength:g}  guidance {trace.guidance_mode}")
+    if trace.conditional:
+        out.append("  conditional")
+    if trace.gate is not None:
+        out.append(f"\nGate {trace.gate.score:.2f} / {trace.gate.threshold:.2f} ")
+        out.append("open" if trace.gate.open else "closed", style="bold red" if trace.gate.open else "green")
+    if trace.verdict is not None:
+        out.append("\nJudge ")
+        out.append(
+            "refusal" if trace.verdict.refused else "answer",
+            style="bold red" if trace.verdict.refused else "bold green",
+        )
+        out.append(f" (score {trace.verdict.score:.2f})")
+    return out
+
+
+class FeaturesPanel(VerticalScroll):
+    """Side panel for the selected turn."""
+
+    DEFAULT_CSS = """
+    FeaturesPanel { width: 64; border-left: solid $primary 40%; padding: 0 1; }
+    FeaturesPanel > Static { margin-bottom: 1; }
+    FeaturesPanel OptionList { height: auto; max-height: 8; margin-bottom: 1; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.trace: TurnTrace | None = None
+        self.feature: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("Select a reply to see its features.", style="dim"), id="fp-summary")
+        yield Static("", id="fp-prompt")
+        yield Static("", id="fp-reply")
+        yield Static("", id="fp-refusal")
+        yield OptionList(id="fp-choose")
+        yield Static("", id="fp-heat")
+
+    def show(self, trace: TurnTrace | None, note: str | None = None) -> None:
+        """Render `trace` (None shows `note` instead, e.g. for an interrupted reply)."""
+        self.trace = trace
+        self.border_title = "Features"
+        if trace is None:
+            self.query_one("#fp-summary", Static).update(Text(note or "No trace for this turn.", style="dim"))
+            for wid in ("#fp-prompt", "#fp-reply", "#fp-refusal", "#fp-heat"):
+                self.query_one(wid, Static).update("")
+            self.query_one("#fp-choose", OptionList).clear_options()
+            return
+        refusal_ids = {s.feature for s in trace.refusal_features}
+        self.query_one("#fp-summary", Static).update(turn_summary(trace))
+        self.query_one("#fp-prompt", Static).update(feature_table("Prompt features", trace.prompt_features, refusal_ids))
+        self.query_one("#fp-reply", Static).update(feature_table("Reply features", trace.reply_features, refusal_ids))
+        self.query_one("#fp-refusal", Static).update(refusal_table(trace.refusal_features))
+        choose = self.query_one("#fp-choose", OptionList)
+        choose.clear_options()
+        seen: dict[int, str | None] = {}
+        for st in [*trace.refusal_features, *trace.prompt_features, *trace.reply_features]:
+            seen.setdefault(st.feature, st.label)
+        choose.add_options(
+            [Option(Text(f"heat map: {feature_name(f, label)}"), id=str(f)) for f, label in seen.items()]
+        )
+        first = next(iter(seen), None)
+        if first is not None:
+            choose.highlighted = 0
+        self.choose_feature(first)
+
+    def choose_feature(self, feature: int | None) -> None:
+        """Show the heat map of `feature` over the turn's tokens."""
+        self.feature = feature
+        heat = self.query_one("#fp-heat", Static)
+        if self.trace is None or feature is None:
+            heat.update("")
+            return
+        title = Text(f"Tokens #{feature} fired on\n", style="bold")
+        heat.update(title + heat_map(self.trace, feature))
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        event.stop()
+        if event.option.id is not None:
+            self.choose_feature(int(event.option.id))
