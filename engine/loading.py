@@ -240,6 +240,10 @@ def load_model(spec: str, quant: str = "auto", device: str = "auto", dtype: str 
     if quant not in QUANT_CHOICES:
         raise EngineError(f"--quant must be one of {', '.join(QUANT_CHOICES)}, not {quant!r}")
     t0 = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stray bars on stderr would tear the TUI; we report progress ourselves
+    hf_logging.set_verbosity_error()
     dev = pick_device(device)
     name, source, entry = resolve(spec)
     if source.startswith("gguf:"):
