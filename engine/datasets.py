@@ -275,7 +275,9 @@ def _json_array_records(where: _Where, text: str) -> Iterator[tuple[int, Any]]:
                 raise where.error(line_of(rest), "not valid JSON (Extra data after the list)")
             return
         if not ch:
-            raise where.error(line_of(pos), "not valid JSON (the list is not closed with ']')")
+            raise where.error(
+                line_of(len(text.rstrip())), "not valid JSON (the list is not closed with ']')"
+            )
         raise where.error(line_of(pos), "not valid JSON (Expecting ',' delimiter)")
 
 
@@ -604,11 +606,11 @@ _ANSWER_IS_RE = re.compile(
 def normalise_number(text: str) -> str | None:
     """``"1,234.50"`` → ``"1234.5"``, ``"7.0"`` → ``"7"``, ``"-0"`` → ``"0"``; None if
     `text` is not a number."""
-    s = text.strip().replace(",", "").replace(" ", "")
+    s = text.strip().replace(",", "")
     if s.startswith("$"):
-        s = s[1:]
-    if s.startswith("-$"):
-        s = "-" + s[2:]
+        s = s[1:].lstrip()
+    elif s.startswith("-$"):
+        s = "-" + s[2:].lstrip()
     if not re.fullmatch(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)", s):
         return None
     sign = "-" if s.startswith("-") else ""
