@@ -221,6 +221,6 @@ def run_chat(
     config, warning = load_config(config_file)
     config = merge_overrides(config, model=model, sae=sae, level=level, system=system, adapter=adapter, quant=quant)
     app = SteerChatApp(config, config_warning=warning, config_file=config_file)
-    result = app.run()
+    app.run()
     app.store.close()
-    return int(result or 0)
+    return app.return_code or 0

@@ -37,8 +37,8 @@ class ChatScreen(Screen):
     BINDINGS = [
         Binding("escape", "cancel", "Stop", id="chat.cancel"),
         Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate"),
-        Binding("ctrl+y", "copy", "Copy reply", id="chat.copy"),
-        Binding("ctrl+w", "why", "Why refused", id="chat.why"),
+        Binding("f4,ctrl+t", "copy", "Copy reply", id="chat.copy"),
+        Binding("f3,ctrl+g", "why", "Why refused", id="chat.why"),
         Binding("ctrl+b", "flag", "Flag bad", id="chat.flag"),
         Binding("ctrl+o", "chats", "Chats", id="chat.chats"),
         Binding("ctrl+l", "clear", "New chat", id="chat.clear"),
@@ -198,7 +198,7 @@ class ChatScreen(Screen):
         self.streaming = None
         self.select(view)
         if view.refused:
-            self.notify("The judge marked this reply as a refusal. Ctrl+W shows why.", timeout=5)
+            self.notify("The judge marked this reply as a refusal. F3 shows why.", timeout=5)
 
     # slider
     def on_safety_slider_changed(self, event: SafetySlider.Changed) -> None:

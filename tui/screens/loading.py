@@ -120,4 +120,4 @@ class LoadingScreen(Screen):
         if event.button.id == "starter":
             self.action_starter()
         else:
-            self.app.exit(1)
+            self.app.exit(return_code=1)

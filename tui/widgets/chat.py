@@ -137,7 +137,7 @@ class AssistantMessage(Vertical, can_focus=True):
         if self.status in badges:
             head.append(*badges[self.status])
         if self.refused:
-            head.append("  ⛔ refused · ctrl+w why", style="bold red")
+            head.append("  ⛔ refused · F3 why", style="bold red")
         if self.trace and self.trace.error:
             head.append(f"  {sanitize(self.trace.error)}", style="red")
         if self.flagged:

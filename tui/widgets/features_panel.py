@@ -36,6 +36,10 @@ def feature_name(feature: int, label: str | None) -> str:
     return f"#{feature} {sanitize(label)}" if label else f"#{feature}"
 
 
+def _fit(name: str, width: int = NAME_WIDTH) -> str:
+    return (name if len(name) <= width else name[: width - 1] + "…").ljust(width)
+
+
 def feature_table(title: str, stats: list[FeatureStat], highlight: set[int], limit: int = 8) -> Text:
     """Rows of `label  peak-bar peak  mean-bar mean  count`, strongest first."""
     out = Text(f"{title:<33}peak{'':>8}mean   n\n", style="bold")
@@ -46,7 +50,7 @@ def feature_table(title: str, stats: list[FeatureStat], highlight: set[int], lim
     scale = max(s.max for s in stats)
     for s in stats:
         style = "bold red" if s.feature in highlight else ""
-        out.append(f" {feature_name(s.feature, s.label)[:NAME_WIDTH]:<{NAME_WIDTH}} ", style=style)
+        out.append(f" {_fit(feature_name(s.feature, s.label))} ", style=style)
         out.append(bar(s.max, scale), style="green")
         out.append(f"{s.max:5.1f} ")
         out.append(bar(s.mean, scale, BAR_WIDTH // 2), style="cyan")
@@ -70,7 +74,7 @@ def refusal_table(states: list[RefusalFeatureState]) -> Text:
             cells[ref_at] = "┊"
         if st.target is not None:
             cells[min(width - 1, int(st.target / scale * width))] = "▼"
-        out.append(f" {feature_name(st.feature, st.label)[:NAME_WIDTH]:<{NAME_WIDTH}} ", style="bold red")
+        out.append(f" {_fit(feature_name(st.feature, st.label))} ", style="bold red")
         out.append("".join(cells) + "\n", style="red")
         out.append(f"   natural {st.natural_reply_max:.1f} (prompt {st.natural_prompt_max:.1f}) · ")
         if st.target is None:

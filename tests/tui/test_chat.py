@@ -1,0 +1,197 @@
+"""Item 2: streaming, keys, cancel, regenerate, copy, clear, palette, literal text."""
+
+from conftest import SIZE, finished, ready, screen_lines, screen_text, send, wait_for
+from fake_engine import COMPLY_TEXT
+
+from textual.widgets import Markdown
+
+from tui.widgets.chat import AssistantMessage, UserMessage
+
+
+def _visible_text(widget) -> str:
+    return screen_text(widget.app, widget)
+
+
+async def test_reply_streams_and_is_saved(make_app, engine):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        session = engine.sessions[0]
+        session.hold_at = 3
+        await send(pilot, "hello there", wait=False)
+        await wait_for(pilot, lambda: session.reached.is_set(), what="token 3")
+        await pilot.pause(0.05)
+        view = app.chat_screen.query_one(AssistantMessage)
+        assert view.text == "Sure, here is" and view.status == "streaming"
+        row = app.store.messages(app.chat_screen.chat_id)[1]
+        assert row.status == "streaming"  # the in-flight reply row exists from the start
+        session.release.set()
+        await finished(pilot)
+        assert view.text == COMPLY_TEXT and view.status == "ok"
+        user, reply = app.store.messages(app.chat_screen.chat_id)
+        assert (user.role, user.content, user.level) == ("user", "hello there", "Off")
+        assert (reply.content, reply.status, reply.level) == (COMPLY_TEXT, "ok", "Off")
+        assert '"verdict"' in reply.trace_json
+        assert app.store.chats()[0].title == "hello there"
+
+
+async def test_partial_reply_is_saved_while_streaming(make_app, engine, monkeypatch):
+    monkeypatch.setattr("tui.screens.chat.SAVE_EVERY_S", 0.0)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        session = engine.sessions[0]
+        session.hold_at = 4
+        await send(pilot, "hello", wait=False)
+        await wait_for(pilot, lambda: session.reached.is_set(), what="token 4")
+        await pilot.pause(0.05)
+        reply = app.store.messages(app.chat_screen.chat_id)[1]
+        assert (reply.content, reply.status) == ("Sure, here is **an", "streaming")
+        session.release.set()
+        await finished(pilot)
+
+
+async def test_markdown_is_rendered(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "hello")
+        shown = _visible_text(app.chat_screen.query_one(Markdown))
+        assert "an answer" in shown and "**" not in shown  # bold is rendered, not shown as stars
+        assert "• first point" in shown
+
+
+async def test_enter_sends_and_ctrl_j_adds_a_newline(make_app, engine):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("o", "n", "e", "ctrl+j", "t", "w", "o", "shift+enter", "3")
+        assert app.chat_screen.query_one("#prompt").text == "one\ntwo\n3"
+        assert engine.sessions[0].calls == []
+        await pilot.press("enter")
+        await finished(pilot)
+        assert engine.sessions[0].calls == [("send", "one\ntwo\n3")]
+        assert app.chat_screen.query_one("#prompt").text == ""
+
+
+async def test_escape_cancels_and_keeps_the_partial_marked_stopped(make_app, engine):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        session = engine.sessions[0]
+        session.hold_at = 2
+        await send(pilot, "hello", wait=False)
+        await wait_for(pilot, lambda: session.reached.is_set(), what="token 2")
+        await pilot.press("escape")
+        session.release.set()
+        await finished(pilot)
+        view = app.chat_screen.query_one(AssistantMessage)
+        assert view.status == "stopped" and view.text == "Sure, here"
+        assert "⏹ stopped" in str(view.query_one(".header").render())
+        reply = app.store.messages(app.chat_screen.chat_id)[1]
+        assert (reply.content, reply.status) == ("Sure, here", "stopped")
+        assert session.history == [("hello", "Sure, here")]
+
+
+async def test_engine_error_keeps_partial_and_says_why(make_app, engine):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        engine.sessions[0].fail_with = "CUDA out of memory."
+        await send(pilot, "hello")
+        view = app.chat_screen.query_one(AssistantMessage)
+        assert view.status == "error" and view.text == "Sure, here"
+        assert "CUDA out of memory." in str(view.query_one(".header").render())
+        assert app.store.messages(app.chat_screen.chat_id)[1].status == "error"
+
+
+async def test_engine_exception_does_not_kill_the_app(make_app, engine):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+
+        def boom(*a, **k):
+            raise RuntimeError("tensor on wrong device")
+
+        engine.sessions[0].send = boom
+        await send(pilot, "hello")
+        assert app.chat_screen.query_one(AssistantMessage).status == "error"
+        assert any("tensor on wrong device" in n.message for n in app._notifications)
+
+
+async def test_regenerate_replaces_the_last_reply(make_app, engine):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        session = engine.sessions[0]
+        await send(pilot, "hello")
+        session.replies["hello"] = "A second try."
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.chat_screen.query_one(AssistantMessage).text == "A second try."
+                       and app.chat_screen.streaming is None, what="regenerated reply")
+        assert [c[0] for c in session.calls] == ["send", "regenerate"]
+        assert len(app.chat_screen.query(AssistantMessage)) == 1
+        rows = app.store.messages(app.chat_screen.chat_id)
+        assert [(r.role, r.content, r.status) for r in rows] == [("user", "hello", "ok"), ("assistant", "A second try.", "ok")]
+
+
+async def test_copy_flag_and_clear(make_app, engine):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "hello")
+        await pilot.press("f4")
+        assert app.clipboard == COMPLY_TEXT
+        await pilot.press("ctrl+b")
+        view = app.chat_screen.query_one(AssistantMessage)
+        assert view.flagged and "flagged bad" in str(view.query_one(".header").render())
+        assert [m.content for m in app.store.flagged()] == [COMPLY_TEXT]
+        old_chat = app.chat_screen.chat_id
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert not app.chat_screen.query(AssistantMessage) and app.chat_screen.chat_id is None
+        assert engine.sessions[0].history == []
+        assert app.store.chat(old_chat) is not None  # clearing never deletes a saved chat
+        await send(pilot, "again")
+        assert app.chat_screen.chat_id != old_chat
+
+
+async def test_palette_offers_the_chat_actions(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        for title in ("Regenerate", "Copy reply", "New chat", "Chats", "Why refused", "Flag reply as bad",
+                      "Export chat to Markdown", "Export chat to JSON", "Safety level: Max", "Stop reply"):
+            assert title in titles
+        await send(pilot, "hello")
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Copy reply")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.clipboard == COMPLY_TEXT, what="copy from palette")
+
+
+HOSTILE = "[bold red]x[/] \x1b[2J\x1b[H\x07 [link=file:///etc/passwd]a[/link] \x1b]8;;http://evil\x1b\\\\y"
+
+
+async def test_markup_and_escapes_are_shown_literally(make_app, engine):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        engine.sessions[0].replies[HOSTILE] = HOSTILE
+        await send(pilot, HOSTILE)
+        user = _visible_text(app.chat_screen.query_one(UserMessage))
+        reply = _visible_text(app.chat_screen.query_one(AssistantMessage).query_one(Markdown))
+        for shown in (user, reply):
+            assert "[bold red]x[/]" in shown
+            assert "[link=file:///etc/passwd]a[/link]" in shown
+            assert "␛[2J␛[H␇" in shown
+            assert "\x1b" not in shown and "\x07" not in shown
+        # no segment carries a link or a style that came from the text
+        for widget in (app.chat_screen.query_one(UserMessage), app.chat_screen.query_one(Markdown)):
+            for line in screen_lines(app, widget):
+                for seg in line:
+                    assert not (seg.style and seg.style.link), seg
+        # the saved text is the model's own, unchanged
+        assert app.store.messages(app.chat_screen.chat_id)[1].content == HOSTILE

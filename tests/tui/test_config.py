@@ -1,0 +1,41 @@
+from engine.api import SamplingSettings
+from tui.config import Config, load_config, merge_overrides, save_config
+
+
+def test_missing_file_gives_defaults_without_warning(tmp_path):
+    config, warning = load_config(tmp_path / "none.toml")
+    assert config == Config() and warning is None
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "config.toml"
+    config = Config(model="smollm2-135m", level="Medium", system="Be brief.", theme="nord",
+                    sampling=SamplingSettings(temperature=0.7, max_new_tokens=64))
+    save_config(config, path)
+    loaded, warning = load_config(path)
+    assert warning is None
+    assert loaded == config
+
+
+def test_syntax_error_names_the_line_and_falls_back(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('model = "smollm2-135m"\nlevel = \n')
+    config, warning = load_config(path)
+    assert config == Config()
+    assert "line 2" in warning and str(path) in warning and "default" in warning
+
+
+def test_bad_value_is_skipped_with_its_line(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('model = "smollm2-135m"\ntheme = 3\n[sampling]\ntemperature = "hot"\ncolour = 1\n')
+    config, warning = load_config(path)
+    assert config.model == "smollm2-135m" and config.theme == Config().theme
+    assert "line 2" in warning and "'theme' must be a string" in warning
+    assert "line 4" in warning and "'temperature' must be a number" in warning
+    assert "unknown sampling setting 'colour'" in warning
+
+
+def test_cli_overrides_win_but_none_keeps_config():
+    config = Config(model="phi-3-mini", level="Low")
+    merged = merge_overrides(config, model="smollm2-135m", level=None)
+    assert merged.model == "smollm2-135m" and merged.level == "Low"

@@ -1,0 +1,38 @@
+import json
+
+from fake_engine import FakeSession
+
+from engine.levels import LevelScale, SafetySettings
+from engine.trace import TurnTrace
+from tui.export import chat_to_markdown, export_chat
+from tui.store import Store
+
+
+def _saved_chat(tmp_path):
+    session = FakeSession()
+    session.settings = SafetySettings(LevelScale().get("Medium"))
+    trace = session.send("how do I make a bomb")
+    store = Store(tmp_path / "h.sqlite")
+    chat = store.new_chat("Bomb [bold]q[/]", "fake-model", "fake-sae")
+    store.add_message(chat, "user", trace.prompt, level="Medium")
+    store.add_message(chat, "assistant", trace.reply, level="Medium", trace_json=trace.to_json())
+    return store, chat, trace
+
+
+def test_markdown_has_level_verdict_and_top_features(tmp_path):
+    store, chat, _ = _saved_chat(tmp_path)
+    text = chat_to_markdown(store.chat(chat), store.messages(chat))
+    assert "## You\n\nhow do I make a bomb" in text
+    assert "## Assistant (level: Medium)" in text
+    assert "- Judge: refusal (score 0.93)" in text
+    assert "- Top prompt features: #4021 weapons and explosives (9.5)" in text
+    assert "- Top reply features: #22373 refusal phrasing (7.0)" in text
+
+
+def test_json_has_full_traces(tmp_path):
+    store, chat, trace = _saved_chat(tmp_path)
+    path = export_chat(store, chat, tmp_path / "out", "json")
+    data = json.loads(path.read_text())
+    assert data["title"] == "Bomb [bold]q[/]"
+    assert TurnTrace.from_dict(data["messages"][1]["trace"]) == trace
+    assert path.name.startswith(f"steerchat-{chat}-bomb-bold-q")

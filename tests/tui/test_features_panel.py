@@ -1,0 +1,75 @@
+"""Item 4: the features panel of the selected turn."""
+
+from conftest import SIZE, ready, screen_lines, screen_text, send
+
+from tui.widgets.chat import AssistantMessage
+from rich.style import Style
+
+from tui.widgets.features_panel import FeaturesPanel, bar, heat_map
+
+
+def hot_tokens(panel) -> list[str]:
+    """Tokens the heat map paints with a background, in order."""
+    heat = heat_map(panel.trace, panel.feature)
+    return [heat.plain[s.start:s.end] for s in heat.spans if isinstance(s.style, Style) and s.style.bgcolor]
+
+
+def test_bar_scales_in_eighths():
+    assert bar(10, 10, 4) == "████"
+    assert bar(5, 10, 4) == "██  "
+    assert bar(1, 10, 4) == "▍   "
+    assert bar(0, 10, 4) == "    "
+
+
+async def test_panel_shows_features_refusal_and_heat_map(make_app):
+    app = make_app(level="Medium")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "how to make a bomb")
+        panel = app.chat_screen.query_one(FeaturesPanel)
+        text = screen_text(app, panel)
+        assert "Level Medium" in text and "Gate 0.91 / 0.50 open" in text and "Judge refusal (score 0.93)" in text
+        assert "#4021 weapons and exp… ██████████  9.5" in text
+        assert "#22373 refusal phrasi… ██████████  7.0" in text
+        assert "natural 1.1 (prompt 0.4) · clamped to 16.0 · ref 8.0" in text
+        # the refusal feature is highlighted in the reply table
+        def is_red(name):
+            segs = [seg for row in screen_lines(app, panel) for seg in row if name in seg.text]
+            return any(s.style.color.triplet.red > 200 and s.style.color.triplet.green < 100 for s in segs)
+
+        assert is_red("#22373 refusal") and not is_red("#9 punctuation")
+        # heat map: the refusal feature is chosen first; reply tokens are hot, prompt tokens cold
+        assert panel.feature == 22373
+        hot = hot_tokens(panel)
+        assert hot[:2] == ["I", " can't"] and " bomb" in hot and "how" not in hot
+        assert "Tokens #22373 fired on" in screen_text(app, panel)
+
+
+async def test_choosing_a_feature_redraws_the_heat_map(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "how to make a bomb")
+        panel = app.chat_screen.query_one(FeaturesPanel)
+        choose = panel.query_one("#fp-choose")
+        choose.highlighted = [o.id for o in choose.options].index("4021")
+        await pilot.pause()
+        assert panel.feature == 4021
+        assert hot_tokens(panel) == [" bomb"]
+
+
+async def test_selecting_another_turn_shows_its_trace(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "how to make a bomb")
+        await send(pilot, "a cake recipe")
+        panel = app.chat_screen.query_one(FeaturesPanel)
+        assert panel.trace.prompt == "a cake recipe"
+        await pilot.press("ctrl+up")
+        assert panel.trace.prompt == "how to make a bomb"
+        last = app.chat_screen.query(AssistantMessage).last()
+        await pilot.click(last)
+        assert panel.trace.prompt == "a cake recipe"
+        await pilot.press("f2")
+        assert not panel.display or panel.has_class("-hidden")

@@ -1,0 +1,75 @@
+"""Item 5: the why-refused view and the side-by-side rerun with steering off."""
+
+from conftest import SIZE, ready, screen_text, send, wait_for
+from fake_engine import FakeSession
+
+from engine.levels import LevelScale, SafetySettings
+from tui.screens.why_refused import WhyRefusedScreen, steering_text
+from tui.widgets.chat import AssistantMessage
+
+
+async def test_why_view_explains_a_steered_refusal(make_app, engine):
+    app = make_app(level="Medium")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "how to make a bomb")
+        view = app.chat_screen.query_one(AssistantMessage)
+        assert view.refused and "refused · F3 why" in str(view.query_one(".header").render())
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, WhyRefusedScreen), what="why view")
+        screen = app.screen
+        text = screen_text(app)
+        assert "Why was this refused?" in text
+        verdict = str(screen.query_one("#why-verdict").render())
+        assert "reads this reply as a refusal (score 0.93)" in verdict
+        assert 'refusal phrase "I can\'t"' in verdict and "+2.7" in verdict
+        steering = str(screen.query_one("#why-steering").render())
+        assert "reached 1.1 on the reply and 0.4 on the prompt on its own" in steering
+        assert "clamped it to 16.0, 15× its natural level: pushed there by steering" in steering
+        gate = str(screen.query_one("#why-gate").render())
+        assert "Level Medium: guidance hint, strength s=2" in gate
+        assert "scored the prompt 0.91 against a threshold of 0.50: open, so steering applied" in gate
+        assert "bomb" in str(screen.query_one("#why-tokens").render())
+        assert "correct, ethical and inoffensive" in str(screen.query_one("#why-guidance").render())
+
+        await pilot.press("o")  # regenerate with steering off, side by side
+        await wait_for(pilot, lambda: screen.rerun_trace is not None, what="rerun")
+        await pilot.pause(0.1)
+        session = engine.sessions[0]
+        assert session.calls[-1] == ("rerun", "how to make a bomb")
+        assert session.token_levels[-1][0] == "Off"
+        assert len(session.history) == 1  # the rerun leaves history alone
+        text = screen_text(app)
+        assert "As sent (level Medium)" in text and "Steering off (level Off) · judged answer" in text
+        assert "I can't help with that" in text and "an answer to your question" in text
+        await pilot.press("escape")
+        assert app.screen is app.chat_screen
+
+
+async def test_why_view_on_demand_for_an_answer(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "a cake recipe")
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, WhyRefusedScreen), what="why view")
+        assert "Why was this not refused?" in screen_text(app)
+        assert "an answer, not a refusal" in str(app.screen.query_one("#why-verdict").render())
+        assert "Steering did not touch it, and it stayed weak." in str(app.screen.query_one("#why-steering").render())
+        assert "No guidance text was in force." in str(app.screen.query_one("#why-guidance").render())
+
+
+def _trace(level: str, prompt: str, natural: float | None = None):
+    session = FakeSession()
+    session.settings = SafetySettings(LevelScale().get(level))
+    trace = session.send(prompt)
+    if natural is not None:
+        trace.refusal_features[0].natural_reply_max = natural
+    return trace
+
+
+def test_steering_text_tells_own_refusal_from_pushed():
+    own = steering_text(_trace("Max", "how to make a bomb", natural=6.0))
+    assert "but it was already active on its own" in own
+    unsteered = steering_text(_trace("Off", "how to make a bomb", natural=6.0))
+    assert "Steering did not touch it, so it was active on its own." in unsteered
