@@ -1,0 +1,242 @@
+"""The steering hook: exact clamp arithmetic, bit-identity without a clamp, live targets, clean removal."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from engine.api import SamplingSettings
+from engine.featureset import FeatureSet, HarmGate, RefusalFeature
+from engine.levels import SafetyLevel, SafetySettings
+from engine.loading import load_model
+from engine.sae import SAE
+from engine.session import Session
+from engine.steering import ClampRequest, FeatureGate, SteeringHook, decoder_layer
+
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture
+def sae():
+    return SAE.random(d_in=64, d_sae=256, k=16, hook_layer=LAYER, seed=1)
+
+
+def _capture_layer_output(model, layer_idx, ids):
+    """The residual after layer `layer_idx` as the model (with any hooks attached) produces it."""
+    seen = {}
+
+    def grab(module, args, output):
+        seen["h"] = (output[0] if isinstance(output, tuple) else output).detach().clone()
+
+    handle = decoder_layer(model, layer_idx).register_forward_hook(grab)
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        handle.remove()
+    return seen["h"]
+
+
+def test_clamp_moves_residual_by_exactly_c_minus_a_times_w_dec(tiny, sae):
+    model = tiny.model
+    ids = torch.randint(0, 200, (1, 12))
+    original = _capture_layer_output(model, LAYER, ids)
+    features = [3, 40, 101]
+    targets = torch.tensor([5.0, 0.0, 2.5])
+    hook = SteeringHook(sae, LAYER, refusal_features=features, control=lambda: ClampRequest(targets))
+    with hook.applied(model):
+        steered = _capture_layer_output(model, LAYER, ids)  # the grab hook runs after the steering hook
+    acts = sae.encode(original)[..., features]
+    expected = original + (targets - acts) @ sae.W_dec[features]
+    assert torch.allclose(steered, expected, atol=1e-5)
+    # and the SAE now reads the clamped values on the steered residual, up to the error term's share
+    assert not torch.equal(steered, original)
+
+
+def test_clamp_with_activation_scale_uses_scaled_directions(tiny):
+    sae = SAE.random(d_in=64, d_sae=128, architecture="relu", hook_layer=LAYER, seed=3)
+    sae.cfg.activation_scale = 4.0
+    ids = torch.randint(0, 200, (1, 6))
+    original = _capture_layer_output(tiny.model, LAYER, ids)
+    hook = SteeringHook(sae, LAYER, refusal_features=[7], control=lambda: ClampRequest(torch.tensor([3.0])))
+    with hook.applied(tiny.model):
+        steered = _capture_layer_output(tiny.model, LAYER, ids)
+    a = sae.encode(original)[..., [7]]
+    assert torch.allclose(steered - original, (3.0 - a) @ (sae.W_dec[[7]] * 4.0), atol=1e-5)
+
+
+def test_hook_handles_tuple_outputs(sae):
+    hidden = torch.randn(2, 5, 64)
+    hook = SteeringHook(sae, LAYER, refusal_features=[1], control=lambda: ClampRequest(torch.tensor([2.0])))
+    out = hook._hook(None, (), (hidden, "past"))
+    assert isinstance(out, tuple) and out[1] == "past"
+    a = sae.encode(hidden)[..., [1]]
+    assert torch.allclose(out[0], hidden + (2.0 - a) @ sae.W_dec[[1]], atol=1e-5)
+
+
+def test_no_clamp_returns_output_object_untouched(sae):
+    hidden = torch.randn(1, 4, 64)
+    hook = SteeringHook(sae, LAYER, refusal_features=[1], control=lambda: ClampRequest(None))
+    assert hook._hook(None, (), hidden) is hidden
+    out = (hidden, None)
+    assert hook._hook(None, (), out) is out
+
+
+def test_recording_only_is_bit_identical_through_generate(tiny, sae):
+    model, tok = tiny.model, tiny.tokenizer
+    ids = torch.tensor([tok.encode("hello there, how are you")])
+    kw = dict(max_new_tokens=12, do_sample=False, output_scores=True, return_dict_in_generate=True,
+              pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+    with torch.no_grad():
+        plain = model.generate(ids, **kw)
+        hook = SteeringHook(sae, LAYER, refusal_features=[3, 4], control=lambda: ClampRequest(None))
+        with hook.applied(model):
+            hooked = model.generate(ids, **kw)
+    assert torch.equal(plain.sequences, hooked.sequences)
+    for a, b in zip(plain.scores, hooked.scores):
+        assert torch.equal(a, b)
+    # it did record: a prefill pass and one pass per further token
+    assert hook.records[0].top_idx.shape[1] == ids.shape[1]
+    assert all(r.top_idx.shape[1] == 1 for r in hook.records[1:])
+
+
+def test_targets_are_read_every_step_and_apply_from_the_next_token(tiny, sae):
+    model, tok = tiny.model, tiny.tokenizer
+    ids = torch.tensor([tok.encode("tell me something")])
+    calls = {"n": 0}
+    big = torch.tensor([40.0])
+
+    def control():
+        calls["n"] += 1
+        return ClampRequest(big if calls["n"] > 3 else None)
+
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id, temperature=None,
+              top_p=None, top_k=None, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        plain = model.generate(ids, **kw)
+        hook = SteeringHook(sae, LAYER, refusal_features=[5], control=control)
+        with hook.applied(model):
+            steered = model.generate(ids, **kw)
+    assert [r.targets is not None for r in hook.records] == [False] * 3 + [True] * (len(hook.records) - 3)
+    # scores of the first three positions are untouched, the fourth differs
+    for i in range(3):
+        assert torch.equal(plain.scores[i], steered.scores[i])
+    assert not torch.equal(plain.scores[3], steered.scores[3])
+
+
+def test_hook_is_removed_after_an_exception(tiny, sae):
+    layer = decoder_layer(tiny.model, LAYER)
+
+    def boom():
+        raise RuntimeError("control failed")
+
+    hook = SteeringHook(sae, LAYER, refusal_features=[1], control=boom)
+    with pytest.raises(RuntimeError):
+        with hook.applied(tiny.model):
+            tiny.model(torch.tensor([[1, 2, 3]]))
+    assert len(layer._forward_hooks) == 0
+
+
+def test_gate_scores_user_tokens_only():
+    gate = FeatureGate(features=[0, 1], weights=[1.0, 2.0], threshold=3.0)
+    acts = torch.zeros(2, 4, 5)
+    acts[0, 0, 1] = 10.0  # outside the mask: ignored
+    acts[0, 2, 0] = 1.0
+    acts[1, 3, 1] = 2.0  # 4.0 >= 3
+    mask = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    scores, _ = gate.scores(acts, mask)
+    assert scores.tolist() == [1.0, 4.0]
+
+
+# ---- through a Session ----
+
+
+def _session(tiny, sae, gate_threshold=None, max_new_tokens=10):
+    fs = FeatureSet(refusal_features=[RefusalFeature(3, 2.0), RefusalFeature(9, 1.5)])
+    if gate_threshold is not None:
+        fs.harm_gate = HarmGate(features=[0, 1, 2], weights=[1.0, 1.0, 1.0], threshold=gate_threshold)
+    return Session(tiny, sae, fs, sampling=SamplingSettings(max_new_tokens=max_new_tokens))
+
+
+def _count_passes(model, after: int, event: threading.Event):
+    """Set `event` once the model has run `after` forward passes."""
+    n = {"calls": 0}
+
+    def hook(module, args, output):
+        n["calls"] += 1
+        if n["calls"] >= after:
+            event.set()
+
+    return model.register_forward_hook(hook), n
+
+
+def test_cancel_stops_within_one_token(tiny, sae):
+    session = _session(tiny, sae, max_new_tokens=40)
+    cancel = threading.Event()
+    handle, n = _count_passes(tiny.model, 3, cancel)
+    try:
+        trace = session.send("write a long story", cancel=cancel)
+    finally:
+        handle.remove()
+    assert trace.stopped
+    # three forward passes produced three tokens; the stop is seen before a fourth pass
+    assert n["calls"] == 3
+    assert trace.timings.reply_tokens == 3
+    assert session.history[-1] == ("write a long story", trace.reply)
+
+
+def test_slider_move_mid_reply_is_recorded_and_applied(tiny, sae):
+    session = _session(tiny, sae, max_new_tokens=8)
+    maxed = SafetyLevel("Max", strength=3.0)
+    n = {"calls": 0}
+
+    def move(module, args, output):
+        n["calls"] += 1
+        if n["calls"] == 3:
+            session.settings = SafetySettings(level=maxed)
+
+    handle = tiny.model.register_forward_hook(move)
+    try:
+        trace = session.send("hi")
+    finally:
+        handle.remove()
+    assert trace.level == "Off"
+    assert trace.level_changes == [(3, "Max")]
+    targets = [r.targets for r in session.hook.records]
+    assert all(t is None for t in targets[:3])
+    assert all(torch.equal(t, torch.tensor([6.0, 4.5])) for t in targets[3:])
+    assert [rf.target for rf in trace.refusal_features] == [6.0, 4.5]
+
+
+def test_conditional_clamp_follows_the_gate(tiny, sae):
+    cond = SafetySettings(level=SafetyLevel("Low", strength=3.0, conditional=True))
+    closed = _session(tiny, sae, gate_threshold=1e9)
+    closed.settings = cond
+    off = _session(tiny, sae, gate_threshold=1e9)
+    t_closed, t_off = closed.send("how do I do it"), off.send("how do I do it")
+    assert t_closed.gate is not None and not t_closed.gate.open
+    assert t_closed.reply == t_off.reply
+    assert all(r.targets is None for r in closed.hook.records)
+
+    opened = _session(tiny, sae, gate_threshold=-1e9)
+    opened.settings = cond
+    t_open = opened.send("how do I do it")
+    assert t_open.gate.open and t_open.conditional
+    assert all(r.targets is not None for r in opened.hook.records)
+
+
+def test_trace_json_round_trips(tiny, sae):
+    session = _session(tiny, sae, gate_threshold=0.0)
+    session.settings = SafetySettings(level=SafetyLevel("High", strength=2.0))
+    trace = session.send("hello [bold]there[/]")
+    assert trace.tokens and trace.prompt_features and trace.refusal_features and trace.verdict
+    again = type(trace).from_json(trace.to_json())
+    assert again == trace
+    assert again.to_json() == trace.to_json()
