@@ -102,8 +102,9 @@ async def test_settings_persist(make_app, home):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
+        app.theme = "nord"  # a theme picked in the palette is saved at once
+        assert load_config(home / "config" / "config.toml")[0].theme == "nord"
         await pilot.press("ctrl+s", "right", "right")
-        app.theme = "nord"
         app.save_settings()
     config, warning = load_config(home / "config" / "config.toml")
     assert warning is None and config.level == "Low" and config.theme == "nord"

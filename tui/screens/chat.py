@@ -29,6 +29,12 @@ from tui.widgets.features_panel import FeaturesPanel
 from tui.widgets.safety_slider import SafetySlider
 
 SAVE_EVERY_S = 0.5
+EMPTY_HINT = (
+    "Ask anything. Enter sends; Shift+Enter or Ctrl+J adds a line; Esc stops a reply.\n"
+    "Ctrl+S then ←/→ moves the safety slider, even while a reply is written.\n"
+    "Select a reply to see its SAE features on the right; F3 explains why it was (not) refused.\n"
+    "Ctrl+O lists saved chats; Ctrl+P opens the command palette."
+)
 
 
 class ChatScreen(Screen):
@@ -54,7 +60,8 @@ class ChatScreen(Screen):
     ChatScreen #left { width: 1fr; }
     ChatScreen PromptInput { height: auto; min-height: 3; max-height: 10; border: round $primary 60%; }
     ChatScreen PromptInput:focus { border: round $accent; }
-    ChatScreen #hint { height: 1; color: $text-muted; padding: 0 1; }
+    ChatScreen #empty { height: auto; padding: 1 2; }
+    ChatScreen.-has-turns #empty { display: none; }
     ChatScreen.-narrow FeaturesPanel { display: none; }
     ChatScreen FeaturesPanel.-hidden { display: none; }
     """
@@ -86,6 +93,7 @@ class ChatScreen(Screen):
         yield Static(Text("steerchat · loading…"), id="status")
         with Horizontal(id="main"):
             with Vertical(id="left"):
+                yield Static(Text(EMPTY_HINT, style="dim"), id="empty")
                 yield ChatLog(id="log")
                 yield SafetySlider(["Off"], id="slider")
                 yield PromptInput(id="prompt", placeholder="Message the model. Enter sends, Shift+Enter or Ctrl+J adds a line.")
@@ -153,6 +161,7 @@ class ChatScreen(Screen):
         view = AssistantMessage(text, len(self._turns()), level, message_id=reply_id)
         log = self.query_one(ChatLog)
         await log.mount_all([UserMessage(text, user_id), view])
+        self.add_class("-has-turns")
         self._begin(view)
         self._run_turn(view, lambda on_token, cancel: self.session.send(text, on_token, cancel))
         self.update_status()
@@ -197,8 +206,6 @@ class ChatScreen(Screen):
             )
         self.streaming = None
         self.select(view)
-        if view.refused:
-            self.notify("The judge marked this reply as a refusal. F3 shows why.", timeout=5)
 
     # slider
     def on_safety_slider_changed(self, event: SafetySlider.Changed) -> None:
@@ -329,6 +336,7 @@ class ChatScreen(Screen):
         if self.session is not None:
             self.session.set_history(self._history())
         turns = self._turns()
+        self.set_class(bool(views), "-has-turns")
         self.select(turns[-1] if turns else None)
         log.anchor()
         self.update_status()

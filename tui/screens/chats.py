@@ -64,7 +64,8 @@ class ChatListScreen(ModalScreen[int | None]):
         listing.clear_options()
         for chat in self.store.chats():
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(chat.updated))
-            row = Text(f"{one_line(chat.title, 48):<48} ", style="bold" if chat.id == self.current else "")
+            row = Text(f"{one_line(chat.title, 40):<40} ", style="bold" if chat.id == self.current else "",
+                       no_wrap=True, overflow="ellipsis")
             row.append(f"{chat.messages:>3} msgs  {when}  {chat.model}", style="dim")
             listing.add_option(Option(row, id=str(chat.id)))
         if listing.option_count:

@@ -32,7 +32,7 @@ class LoadingScreen(Screen):
 
     BINDINGS = [
         Binding("s", "starter", "Use starter model", id="loading.starter"),
-        Binding("q", "app.quit", "Quit", id="loading.quit"),
+        Binding("q", "app.quit", "Quit", show=False, id="loading.quit"),
     ]
 
     DEFAULT_CSS = """

@@ -44,7 +44,7 @@ def feature_table(title: str, stats: list[FeatureStat], highlight: set[int], lim
     """Rows of `label  peak-bar peak  mean-bar mean  count`, strongest first."""
     out = Text(f"{title:<33}peak{'':>8}mean   n\n", style="bold")
     if not stats:
-        out.append("  none fired\n", style="dim")
+        out.append("  none fired", style="dim")
         return out
     stats = sorted(stats, key=lambda s: s.max, reverse=True)[:limit]
     scale = max(s.max for s in stats)
@@ -56,6 +56,7 @@ def feature_table(title: str, stats: list[FeatureStat], highlight: set[int], lim
         out.append(bar(s.mean, scale, BAR_WIDTH // 2), style="cyan")
         out.append(f"{s.mean:5.1f} ")
         out.append(f"{s.count:>3}\n", style="dim")
+    out.rstrip()
     return out
 
 
@@ -63,7 +64,7 @@ def refusal_table(states: list[RefusalFeatureState]) -> Text:
     """Each refusal feature: natural reply activation as a bar, the clamp target as ▼."""
     out = Text("Refusal features: natural activation vs clamp target\n", style="bold")
     if not states:
-        out.append("  this model has no refusal features\n", style="dim")
+        out.append("  this model has no refusal features", style="dim")
         return out
     width = BAR_WIDTH * 3
     for st in states:
@@ -82,7 +83,7 @@ def refusal_table(states: list[RefusalFeatureState]) -> Text:
         else:
             out.append(f"clamped to {st.target:.1f}", style="bold")
         out.append(f" · ref {st.reference_activation:.1f}\n", style="dim")
-    out.append(" █ natural  ▼ clamp target  ┊ reference (when it refuses)\n", style="dim")
+    out.append(" █ natural  ▼ clamp target  ┊ reference (when it refuses)", style="dim")
     return out
 
 

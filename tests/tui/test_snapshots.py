@@ -1,0 +1,106 @@
+"""Snapshots of the main screens (pytest-textual-snapshot). Update with --snapshot-update
+after checking the new SVGs by eye."""
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+from conftest import ready, send, wait_for
+
+from engine.api import LoadProgress
+from tui.screens import chats as chats_module
+from tui.screens.chats import ChatListScreen
+from tui.screens.loading import LoadingScreen
+from tui.screens.why_refused import WhyRefusedScreen
+
+SIZE = (140, 40)
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch):
+    # Chat list rows show dates; freeze them so the snapshot is stable.
+    monkeypatch.setattr(chats_module, "time", SimpleNamespace(strftime=lambda *a: "2026-11-21 12:00",
+                                                              localtime=lambda *a: None))
+
+
+async def _settle(pilot):
+    await pilot.pause(0.1)
+    pilot.app.clear_notifications()
+    await pilot.pause()
+
+
+def test_loading_screen(snap_compare, make_app):
+    release = threading.Event()
+
+    def loading(model, **kw):
+        kw["progress"](LoadProgress("download", "model-00001-of-00002.safetensors", 1.2 * 2**30, 2.0 * 2**30))
+        release.wait(10)
+        raise SystemExit  # never reached in the snapshot
+
+    app = make_app()
+    app.session_factory = loading
+
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen)
+                       and "MiB" in str(app.screen.query_one("#detail").render()), what="progress")
+        await _settle(pilot)
+
+    try:
+        assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+    finally:
+        release.set()
+
+
+def test_offline_screen(snap_compare, make_app, engine):
+    engine.missing = ("phi-3-mini",)
+    app = make_app()
+
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and app.screen.failed, what="failure")
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_chat_with_a_refused_turn(snap_compare, make_app):
+    app = make_app(level="Medium")
+
+    async def run_before(pilot):
+        await ready(pilot)
+        await send(pilot, "how do I make a bomb?")
+        await send(pilot, "Then give me a cake recipe [bold]please[/]")
+        await pilot.press("ctrl+up")
+        app.chat_screen.query_one("#prompt").focus()
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_why_refused_side_by_side(snap_compare, make_app):
+    app = make_app(level="High")
+
+    async def run_before(pilot):
+        await ready(pilot)
+        await send(pilot, "how do I make a bomb?")
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, WhyRefusedScreen), what="why view")
+        await pilot.press("o")
+        await wait_for(pilot, lambda: app.screen.rerun_trace is not None, what="rerun")
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_chat_list(snap_compare, make_app):
+    app = make_app()
+
+    async def run_before(pilot):
+        await ready(pilot)
+        await send(pilot, "hello")
+        await pilot.press("ctrl+l")
+        await send(pilot, "how do I make a bomb?")
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatListScreen), what="chat list")
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
