@@ -195,3 +195,28 @@ async def test_markup_and_escapes_are_shown_literally(make_app, engine):
                     assert not (seg.style and seg.style.link), seg
         # the saved text is the model's own, unchanged
         assert app.store.messages(app.chat_screen.chat_id)[1].content == HOSTILE
+
+
+async def test_view_follows_the_reply_unless_scrolled_up(make_app, engine):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        session = engine.sessions[0]
+        long_reply = "\n\n".join(f"line {i}" for i in range(60))
+        session.replies["long"] = long_reply
+        session.hold_at = 60
+        await send(pilot, "long", wait=False)
+        await wait_for(pilot, lambda: session.reached.is_set(), what="token 60")
+        await pilot.pause(0.2)
+        log = app.chat_screen.query_one("#log")
+        assert log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y  # following
+        log.scroll_to(y=0, animate=False)  # the user scrolls up to read
+        await pilot.pause()
+        session.release.set()
+        await finished(pilot)
+        await pilot.pause(0.1)
+        assert log.scroll_y == 0 and log.max_scroll_y > 0  # left where the user put it
+        session.hold_at = None
+        await send(pilot, "long")  # a new turn follows again
+        await pilot.pause(0.1)
+        assert log.scroll_y == log.max_scroll_y

@@ -116,6 +116,8 @@ def turn_summary(trace: TurnTrace) -> Text:
     if trace.gate is not None:
         out.append(f"\nGate {trace.gate.score:.2f} / {trace.gate.threshold:.2f} ")
         out.append("open" if trace.gate.open else "closed", style="bold red" if trace.gate.open else "green")
+    if trace.sae is None:
+        out.append("\nNo SAE loaded: no features to show, and the slider changes only the guidance.", style="yellow")
     if trace.verdict is not None:
         out.append("\nJudge ")
         out.append(
@@ -171,6 +173,7 @@ class FeaturesPanel(VerticalScroll):
         choose.add_options(
             [Option(Text(f"heat map: {feature_name(f, label)}"), id=str(f)) for f, label in seen.items()]
         )
+        choose.display = bool(seen)
         first = next(iter(seen), None)
         if first is not None:
             choose.highlighted = 0
