@@ -16,6 +16,7 @@ from textual.message import Message
 from textual.screen import Screen
 
 from engine.api import ChatSession, EngineError, LoadProgress, ModelNotAvailable
+from engine.levels import DEFAULT_LEVELS
 from engine.paths import get_paths
 from tui.config import Config, load_config, merge_overrides, save_config
 from tui.screens.chat import ChatScreen
@@ -39,6 +40,7 @@ class SteerChatApp(App[int]):
     CSS_PATH = "app.tcss"
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+        Binding("f5", "settings", "Settings", show=False, id="app.settings"),
     ]
 
     class Loaded(Message):
@@ -165,6 +167,26 @@ class SteerChatApp(App[int]):
         path = export_chat(self.store, self.chat_screen.chat_id, self.export_dir, fmt)
         self.notify(f"Exported to {path}")
 
+    def action_settings(self) -> None:
+        """Open the settings form; on save, write config.toml and apply what can apply now."""
+        from tui.screens.settings import SettingsScreen
+
+        def saved(config: Config | None) -> None:
+            if config is None:
+                return
+            restart = (config.model, config.sae) != (self.config.model, self.config.sae)
+            self.config = config
+            if self.session is not None:
+                # The engine reads these at the start of each turn.
+                self.session.system_prompt = config.system
+                self.session.sampling = config.sampling
+            path = save_config(self.config, self.config_file)
+            note = " Model and SAE apply at the next start." if restart else ""
+            self.notify(f"Settings saved to {path}.{note}")
+
+        names = self.session.levels.names if self.session is not None else [lv.name for lv in DEFAULT_LEVELS]
+        self.push_screen(SettingsScreen(self.config, names), saved)
+
     def save_settings(self) -> None:
         """Keep the current model, level, theme and the rest as the defaults in config.toml."""
         if self.session is not None:
@@ -195,6 +217,7 @@ class SteerChatApp(App[int]):
         yield SystemCommand("Export chat to Markdown", "With each turn's level and top features",
                             lambda: self.export_current("md"))
         yield SystemCommand("Export chat to JSON", "With full traces", lambda: self.export_current("json"))
+        yield SystemCommand("Settings", "System prompt, default level, sampling, model (F5)", self.action_settings)
         yield SystemCommand("Save settings", "Keep model, level, theme and sampling in config.toml", self.save_settings)
         yield SystemCommand("Toggle features panel", "Show or hide the SAE features", chat.action_toggle_features)
         if self.session is not None:

@@ -33,7 +33,7 @@ EMPTY_HINT = (
     "Ask anything. Enter sends; Shift+Enter or Ctrl+J adds a line; Esc stops a reply.\n"
     "Ctrl+S then ←/→ moves the safety slider, even while a reply is written.\n"
     "Select a reply to see its SAE features on the right; F3 explains why it was (not) refused.\n"
-    "Ctrl+O lists saved chats; Ctrl+P opens the command palette."
+    "Ctrl+O lists saved chats; F5 opens the settings; Ctrl+P opens the command palette."
 )
 
 
