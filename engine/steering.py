@@ -10,6 +10,10 @@ which equals decoding the clamped code plus the SAE's error term. With nothing t
 it returns the layer's output object untouched, so the model is bit-identical to the
 unhooked one. Targets come from a callback read at every pass, so a slider move takes
 effect on the next token.
+
+Attention-sink positions (the first token of many models carries a residual norm a
+hundred times the others) are neither recorded nor clamped: the SAE was not trained on
+them, so its reading there is meaningless and (c - a) could be huge.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class SteeringHook:
     top_n: int = 8
     record: bool = True
     prompt_mask: torch.Tensor | None = None  # (B, T) attention mask of the prompt, for the gate
+    sink_factor: float = 20.0  # a position whose norm exceeds this many times the prompt's median is a sink
 
     def __post_init__(self) -> None:
         self.records: list[PassRecord] = []
@@ -114,11 +119,13 @@ class SteeringHook:
         self.gate_open: torch.Tensor | None = None
         self._dirs: torch.Tensor | None = None
         self._handle = None
+        self._ref_norm: torch.Tensor | None = None
 
     def reset(self) -> None:
         """Forget what was recorded: call before each new generation."""
         self.records = []
         self.gate_scores = self.gate_positions = self.gate_open = None
+        self._ref_norm = None
 
     @property
     def directions(self) -> torch.Tensor:
@@ -129,7 +136,11 @@ class SteeringHook:
     def _hook(self, module: torch.nn.Module, args: tuple, output):
         hidden = output[0] if isinstance(output, tuple) else output
         with torch.no_grad():
-            acts = self.sae.encode(hidden)
+            norms = hidden.float().norm(dim=-1)  # (B, T)
+            if self._ref_norm is None:
+                self._ref_norm = norms.median()
+            live = norms <= self.sink_factor * self._ref_norm
+            acts = self.sae.encode(hidden) * live[..., None]
             natural = acts[..., self.refusal_features]
             if self.gate is not None and self.gate_scores is None:
                 self.gate_scores, self.gate_positions = self.gate.scores(acts, self.prompt_mask)
@@ -149,7 +160,7 @@ class SteeringHook:
                 ))
             if targets is None:
                 return output
-            coeff = targets.to(natural.dtype) - natural  # (B, T, R)
+            coeff = (targets.to(natural.dtype) - natural) * live[..., None]  # (B, T, R)
             if request.conditional:
                 coeff = coeff * self.gate_open.to(coeff.dtype)[:, None, None]
             delta = coeff @ self.directions.to(coeff.dtype)

@@ -240,3 +240,19 @@ def test_trace_json_round_trips(tiny, sae):
     again = type(trace).from_json(trace.to_json())
     assert again == trace
     assert again.to_json() == trace.to_json()
+
+
+def test_attention_sink_positions_are_neither_recorded_nor_clamped(sae):
+    hidden = torch.randn(1, 6, 64)
+    hidden[0, 0] *= 1000.0  # a sink: norm far above the rest
+    target = torch.tensor([2.0])
+    hook = SteeringHook(sae, LAYER, refusal_features=[1], control=lambda: ClampRequest(target))
+    out = hook._hook(None, (), hidden)
+    assert torch.equal(out[0, 0], hidden[0, 0])
+    a = sae.encode(hidden[:, 1:])[..., [1]]
+    assert torch.allclose(out[:, 1:], hidden[:, 1:] + (2.0 - a) @ sae.W_dec[[1]], atol=1e-5)
+    rec = hook.records[0]
+    assert float(rec.top_val[0, 0].abs().sum()) == 0.0
+    # a later decode step is judged against the prompt's median norm
+    step = hidden[:, :1].clone()
+    assert torch.equal(hook._hook(None, (), step), step)
