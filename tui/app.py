@@ -19,6 +19,7 @@ from engine.api import ChatSession, EngineError, LoadProgress, ModelNotAvailable
 from engine.levels import DEFAULT_LEVELS
 from engine.paths import get_paths
 from tui.config import Config, load_config, merge_overrides, save_config
+from tui.sanitize import sanitize
 from tui.screens.chat import ChatScreen
 from tui.screens.loading import LoadingScreen
 from tui.store import Store
@@ -133,7 +134,7 @@ class SteerChatApp(App[int]):
             self.loading = None
         self.chat_screen.attach(message.session)
         if self.config_warning:
-            self.notify(self.config_warning, severity="warning", timeout=10)
+            self.notify(sanitize(self.config_warning), severity="warning", timeout=10, markup=False)
 
     def on_loading_screen_use_model(self, message: LoadingScreen.UseModel) -> None:
         self.loading.dismiss()
@@ -165,7 +166,7 @@ class SteerChatApp(App[int]):
             self.notify("Nothing to export yet.", severity="warning")
             return
         path = export_chat(self.store, self.chat_screen.chat_id, self.export_dir, fmt)
-        self.notify(f"Exported to {path}")
+        self.notify(f"Exported to {path}", markup=False)
 
     def action_settings(self) -> None:
         """Open the settings form; on save, write config.toml and apply what can apply now."""
@@ -182,7 +183,7 @@ class SteerChatApp(App[int]):
                 self.session.sampling = config.sampling
             path = save_config(self.config, self.config_file)
             note = " Model and SAE apply at the next start." if restart else ""
-            self.notify(f"Settings saved to {path}.{note}")
+            self.notify(f"Settings saved to {path}.{note}", markup=False)
 
         names = self.session.levels.names if self.session is not None else [lv.name for lv in DEFAULT_LEVELS]
         self.push_screen(SettingsScreen(self.config, names), saved)
@@ -193,7 +194,7 @@ class SteerChatApp(App[int]):
             self.config.level = self.session.settings.level.name
         self.config.theme = self.theme
         path = save_config(self.config, self.config_file)
-        self.notify(f"Settings saved to {path}")
+        self.notify(f"Settings saved to {path}", markup=False)
 
     def watch_theme(self, theme: str) -> None:
         # A theme picked in the palette is a setting the user expects to keep.
@@ -202,7 +203,7 @@ class SteerChatApp(App[int]):
             try:
                 save_config(self.config, self.config_file)
             except OSError as exc:
-                self.notify(f"Could not save the theme: {exc}", severity="error")
+                self.notify(f"Could not save the theme: {exc}", severity="error", markup=False)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -220,3 +220,17 @@ async def test_view_follows_the_reply_unless_scrolled_up(make_app, engine):
         await send(pilot, "long")  # a new turn follows again
         await pilot.pause(0.1)
         assert log.scroll_y == log.max_scroll_y
+
+
+async def test_links_in_replies_are_copied_never_opened(make_app, engine, monkeypatch):
+    opened = []
+    app = make_app()
+    monkeypatch.setattr(app, "open_url", lambda url, **kw: opened.append(url))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        engine.sessions[0].replies["link"] = "see [here](file:///etc/passwd)"
+        await send(pilot, "link")
+        markdown = app.chat_screen.query_one(AssistantMessage).query_one(Markdown)
+        markdown.post_message(Markdown.LinkClicked(markdown, "file:///etc/passwd"))
+        await pilot.pause(0.1)
+        assert opened == [] and app.clipboard == "file:///etc/passwd"

@@ -179,3 +179,18 @@ def test_process_start_to_interactive_screen_under_1_5_s():
         if times[-1] < 1.5:
             break
     assert min(times) < 1.5, f"startup took {', '.join(f'{t:.2f}' for t in times)} s"
+
+
+async def test_config_warning_with_brackets_is_shown_literally(make_app, home):
+    from tui.config import load_config
+
+    path = home / "config" / "config.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text('[sampling]\ntemperature = "[bold]hot[/]"\n')
+    config, warning = load_config(path)
+    app = make_app(warning=warning)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        (note,) = [n for n in app._notifications if "temperature" in n.message]
+        assert "line 2: 'temperature' must be a number" in note.message
+        assert note.markup is False  # brackets from the file are never read as markup

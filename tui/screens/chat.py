@@ -22,7 +22,7 @@ from textual.widgets import Footer, Static
 
 from engine.api import ChatSession, EngineError
 from engine.trace import TurnTrace
-from tui.sanitize import one_line
+from tui.sanitize import one_line, sanitize
 from tui.store import Store
 from tui.widgets.chat import AssistantMessage, ChatLog, PromptInput, UserMessage
 from tui.widgets.features_panel import FeaturesPanel
@@ -194,7 +194,7 @@ class ChatScreen(Screen):
         view, trace = message.view, message.trace
         if trace is None:
             status, text = "error", view.text
-            self.notify(f"The reply failed: {message.error}", severity="error", timeout=8)
+            self.notify(f"The reply failed: {sanitize(message.error)}", severity="error", timeout=8, markup=False)
         else:
             status = "error" if trace.error else "stopped" if trace.stopped else "ok"
             text = trace.reply if trace.reply or not view.text else view.text

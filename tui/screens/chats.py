@@ -125,4 +125,4 @@ class ChatListScreen(ModalScreen[int | None]):
         if chat_id is None:
             return
         path = export_chat(self.store, chat_id, self.export_dir, fmt)
-        self.notify(f"Exported to {path}")
+        self.notify(f"Exported to {path}", markup=False)

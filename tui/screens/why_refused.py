@@ -168,10 +168,10 @@ class WhyRefusedScreen(ModalScreen[None]):
             with Horizontal(id="compare"):
                 with VerticalScroll(id="as-sent") as left:
                     left.border_title = f"As sent (level {self.trace.level})"
-                    yield Markdown(sanitize(self.trace.reply))
+                    yield Markdown(sanitize(self.trace.reply), open_links=False)
                 with VerticalScroll(id="steering-off") as right:
                     right.border_title = "Steering off"
-                    yield Markdown("", id="off-reply")
+                    yield Markdown("", id="off-reply", open_links=False)
         yield Footer()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

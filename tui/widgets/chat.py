@@ -111,7 +111,8 @@ class AssistantMessage(Vertical, can_focus=True):
 
     def compose(self) -> ComposeResult:
         yield Static(self._header(), classes="header")
-        yield Markdown(sanitize(self.text))
+        # Model text must not open URLs by itself: a click copies the link instead.
+        yield Markdown(sanitize(self.text), open_links=False)
 
     @property
     def level_label(self) -> str:
@@ -182,6 +183,11 @@ class AssistantMessage(Vertical, can_focus=True):
             self.text = text
             await self.query_one(Markdown).update(sanitize(text))
         self.refresh_header()
+
+    def on_markdown_link_clicked(self, event: Markdown.LinkClicked) -> None:
+        event.stop()
+        self.app.copy_to_clipboard(event.href)
+        self.notify(f"Link copied, not opened: {sanitize(event.href)}", markup=False)
 
     def on_focus(self) -> None:
         self.post_message(self.Selected(self))
