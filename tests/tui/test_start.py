@@ -75,15 +75,14 @@ async def test_other_engine_errors_offer_quit_only(make_app, engine):
 
 
 async def test_ui_responds_while_the_model_loads(make_app, engine):
-    engine.load_delay = 1.0
+    engine.load_delay = 3.0
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.05)
         assert isinstance(app.screen, LoadingScreen) and app.session is None
-        started = time.monotonic()
         await pilot.press("ctrl+p")  # the command palette opens while loading
         await wait_for(pilot, lambda: app.screen.__class__.__name__ == "CommandPalette", what="palette")
-        assert time.monotonic() - started < 0.5
+        assert app.session is None  # it answered keys before the model was ready
         await pilot.press("escape")
         await ready(pilot)
 
