@@ -93,6 +93,15 @@ class SteerChatApp(App[int]):
             self.notify(f"{self.store.recovered} reply cut off by a crash was saved as interrupted.", timeout=6)
         self.load_model(self.config.model)
 
+    async def action_quit(self) -> None:
+        """Quit; a reply being written is stopped and saved as it stands."""
+        view = self.chat_screen.streaming
+        if view is not None:
+            self.chat_screen.cancel_event.set()  # the engine stops at its next token
+            if view.message_id is not None:
+                self.store.update_message(view.message_id, content=view.text, status="stopped")
+        self.exit()
+
     # loading
     def load_model(self, model: str) -> None:
         """Show the loading screen and open `model` in a thread worker."""

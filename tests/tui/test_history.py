@@ -136,3 +136,20 @@ async def test_settings_form_saves_and_applies(make_app, home, engine):
     config, warning = load_config(home / "config" / "config.toml")
     assert warning is None
     assert (config.system, config.level, config.sampling.top_p) == ("Answer in French.", "High", 0.9)
+
+
+async def test_quitting_mid_reply_saves_the_partial_as_stopped(make_app, engine):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        session = engine.sessions[0]
+        session.hold_at = 3
+        await send(pilot, "hello", wait=False)
+        await wait_for(pilot, lambda: session.reached.is_set(), what="token 3")
+        await pilot.pause(0.05)
+        chat = app.chat_screen.chat_id
+        await pilot.press("ctrl+q")
+        assert app.chat_screen.cancel_event.is_set()
+        session.release.set()
+    reply = app.store.messages(chat)[1]
+    assert (reply.content, reply.status) == ("Sure, here is", "stopped")
