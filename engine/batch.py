@@ -8,7 +8,7 @@ conditional clamp applies only to the rows whose gate opened.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
@@ -27,11 +27,6 @@ class BatchReply:
     gate_open: bool | None = None
 
 
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def generate_batch(
     session,
     prompts: list[str],
@@ -40,15 +35,24 @@ def generate_batch(
     batch_size: int = 8,
     history: list[tuple[str, str]] | None = None,
     on_batch: Callable[[list[BatchReply]], None] | None = None,
+    histories: list[list[tuple[str, str]]] | None = None,
 ) -> list[BatchReply]:
-    """Greedy replies to `prompts` (each a fresh turn after `history`) under `settings`."""
+    """Greedy replies to `prompts` (each a fresh turn after `history`) under `settings`.
+
+    `histories`, when given, holds one conversation per prompt (multi-turn evaluation
+    batches rows that each carry their own earlier turns); it overrides `history`.
+    """
+    if histories is not None and len(histories) != len(prompts):
+        raise ValueError(f"{len(histories)} histories for {len(prompts)} prompts")
+    rows = [list(h) for h in histories] if histories is not None else [list(history or [])] * len(prompts)
     tok, model = session.loaded.tokenizer, session.loaded.model
     device = session.loaded.device
     hook = session.hook
     out: list[BatchReply] = []
     pad_id = tok.pad_token_id
-    for chunk in _chunks(prompts, batch_size):
-        preps = [session.prepare(list(history or []), p, settings) for p in chunk]
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        preps = [session.prepare(list(h), p, settings) for h, p in zip(rows[start : start + batch_size], chunk)]
         width = max(p.input_ids.shape[1] for p in preps)
         ids = torch.full((len(preps), width), pad_id, dtype=torch.long, device=device)
         attn = torch.zeros_like(ids)
