@@ -11,6 +11,8 @@ import sys
 COMMAND_MODULES = (
     "tui.commands.ask",
     "tui.commands.models",
+    "tui.commands.sae",
+    "tui.commands.features",
 )
 
 
