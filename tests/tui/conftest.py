@@ -28,7 +28,8 @@ def pytest_pyfunc_call(pyfuncitem):
     if inspect.iscoroutinefunction(pyfuncitem.obj):
         names = pyfuncitem._fixtureinfo.argnames
         kwargs = {name: pyfuncitem.funcargs[name] for name in names}
-        asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=60))
+        timeout = 600 if pyfuncitem.get_closest_marker("slow") else 60
+        asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=timeout))
         return True
     return None
 
