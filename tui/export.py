@@ -23,12 +23,16 @@ def top_features(stats: list[FeatureStat], n: int = 5) -> list[FeatureStat]:
 
 
 def level_label(level: str | None, trace: TurnTrace | None) -> str:
-    """The level a turn ran at, with any slider moves during the reply ("Low → High")."""
-    names = [level or (trace.level if trace else "?")]
-    if trace:
-        for _, name in trace.level_changes:
-            if name != names[-1]:
-                names.append(name)
+    """The level a turn ran at, with any slider moves during the reply ("Low → High").
+
+    The trace is the record when there is one; the stored label serves replies without one.
+    """
+    if trace is None:
+        return level or "?"
+    names = [trace.level]
+    for _, name in trace.level_changes:
+        if name != names[-1]:
+            names.append(name)
     return " → ".join(names)
 
 

@@ -36,3 +36,14 @@ def test_json_has_full_traces(tmp_path):
     assert data["title"] == "Bomb [bold]q[/]"
     assert TurnTrace.from_dict(data["messages"][1]["trace"]) == trace
     assert path.name.startswith(f"steerchat-{chat}-bomb-bold-q")
+
+
+def test_level_label_shows_slider_moves_once():
+    from tui.export import level_label
+
+    session = FakeSession(hold_at=2)
+    session.release.set()
+    trace = session.send("hello")
+    trace.level_changes = [(2, "Medium"), (5, "Max")]
+    assert level_label("Off → Medium → Max", trace) == "Off → Medium → Max"
+    assert level_label("Low", None) == "Low"
