@@ -32,7 +32,7 @@ SAVE_EVERY_S = 0.5
 EMPTY_HINT = (
     "Ask anything. Enter sends; Shift+Enter or Ctrl+J adds a line; Esc stops a reply.\n"
     "Ctrl+S then ←/→ moves the safety slider, even while a reply is written.\n"
-    "Select a reply to see its SAE features on the right; F3 explains why it was (not) refused.\n"
+    "Select a reply to see its SAE features (F2 shows or hides them); F3 explains why it was (not) refused.\n"
     "Ctrl+O lists saved chats; F5 opens the settings; Ctrl+P opens the command palette."
 )
 
@@ -103,6 +103,12 @@ class ChatScreen(Screen):
     def on_mount(self) -> None:
         self.query_one(PromptInput).focus()
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        # Stop is shown dimmed unless a reply is being written.
+        if action == "cancel":
+            return True if self.streaming is not None else None
+        return True
+
     # session and status
     def attach(self, session: ChatSession) -> None:
         """Use `session` from now on: slider notches from its levels, history from the open chat."""
@@ -171,6 +177,7 @@ class ChatScreen(Screen):
         self.cancel_event = threading.Event()
         self._last_save = time.monotonic()
         self.query_one(ChatLog).anchor()
+        self.refresh_bindings()
 
     @work(thread=True, exclusive=True, group="reply")
     def _run_turn(self, view: AssistantMessage, call) -> None:
@@ -205,6 +212,7 @@ class ChatScreen(Screen):
                 trace_json=trace.to_json() if trace else None,
             )
         self.streaming = None
+        self.refresh_bindings()
         self.select(view)
 
     # slider
