@@ -170,6 +170,11 @@ async def test_palette_offers_the_chat_actions(make_app):
         await pilot.pause(0.3)
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.clipboard == COMPLY_TEXT, what="copy from palette")
+        await pilot.press("ctrl+p", *"Regenerate")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: ("regenerate", "hello") in app.session.calls, what="regenerate from palette")
+        await finished(pilot)
 
 
 HOSTILE = "[bold red]x[/] \x1b[2J\x1b[H\x07 [link=file:///etc/passwd]a[/link] \x1b]8;;http://evil\x1b\\\\y"

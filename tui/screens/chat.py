@@ -143,7 +143,7 @@ class ChatScreen(Screen):
         self.set_class(self.size.width < 110, "-narrow")
 
     # sending
-    def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+    async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
         text = event.text
         if not text.strip():
             return
@@ -154,7 +154,9 @@ class ChatScreen(Screen):
             self.notify("A reply is still being written; Esc stops it.", severity="warning")
             return
         event.prompt.clear()
-        self.run_worker(self.send(text), exclusive=True, group="send")
+        # Awaited here, not in a worker: the screen handles no other message until the
+        # turn has started, so a second Enter cannot start a second turn.
+        await self.send(text)
 
     async def send(self, text: str) -> None:
         """Start a turn: save and show the prompt and an empty reply, then stream into it."""
@@ -262,14 +264,14 @@ class ChatScreen(Screen):
         if self.streaming is not None:
             self.cancel_event.set()
 
-    def action_regenerate(self) -> None:
+    async def action_regenerate(self) -> None:
         turns = self._turns()
         if self.session is None or not turns:
             return
         if self.streaming is not None:
             self.notify("Wait for the reply to finish, or press Esc.", severity="warning")
             return
-        self.run_worker(self._regenerate(turns[-1]), exclusive=True, group="send")
+        await self._regenerate(turns[-1])
 
     async def _regenerate(self, view: AssistantMessage) -> None:
         await view.restart(self.session.settings.level.name)
