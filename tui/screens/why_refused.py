@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 
+from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -17,6 +18,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Markdown, Static
+from textual.widgets.markdown import MarkdownStream
 
 from engine.api import ChatSession
 from engine.levels import GuidanceMode, SafetyLevel, SafetySettings
@@ -152,7 +154,7 @@ class WhyRefusedScreen(ModalScreen[None]):
         self.session = session
         self.cancel = threading.Event()
         self.rerun_trace: TurnTrace | None = None
-        self._rerun_text = ""
+        self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
         refused = self.trace.verdict is not None and self.trace.verdict.refused
@@ -167,7 +169,7 @@ class WhyRefusedScreen(ModalScreen[None]):
                 yield Button("Regenerate this turn with steering off (o)", id="why-compare", variant="warning")
             with Horizontal(id="compare"):
                 with VerticalScroll(id="as-sent") as left:
-                    left.border_title = f"As sent (level {self.trace.level})"
+                    left.border_title = f"As sent (level {escape(self.trace.level)})"
                     yield Markdown(sanitize(self.trace.reply), open_links=False)
                 with VerticalScroll(id="steering-off") as right:
                     right.border_title = "Steering off"
@@ -185,7 +187,7 @@ class WhyRefusedScreen(ModalScreen[None]):
         self.query_one("#compare").add_class("-shown")
         self.query_one("#why-compare", Button).disabled = True
         level = steering_off(self.session)
-        self.query_one("#steering-off").border_title = f"Steering off (level {level.name}) …"
+        self.query_one("#steering-off").border_title = f"Steering off (level {escape(level.name)}) …"
         self._rerun(SafetySettings(level=level))
 
     @work(thread=True, exclusive=True, group="rerun")
@@ -200,10 +202,14 @@ class WhyRefusedScreen(ModalScreen[None]):
             self.post_message(self.RerunDone(trace, None))
 
     async def on_why_refused_screen_rerun_token(self, message: RerunToken) -> None:
-        self._rerun_text += message.piece
-        await self.query_one("#off-reply", Markdown).update(sanitize(self._rerun_text))
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.query_one("#off-reply", Markdown))
+        await self._stream.write(sanitize(message.piece))
 
     async def on_why_refused_screen_rerun_done(self, message: RerunDone) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
         right = self.query_one("#steering-off")
         if message.error:
             right.border_title = "Steering off: failed"
@@ -213,7 +219,7 @@ class WhyRefusedScreen(ModalScreen[None]):
         await self.query_one("#off-reply", Markdown).update(sanitize(message.trace.reply))
         verdict = message.trace.verdict
         judged = "" if verdict is None else (" · judged refusal" if verdict.refused else " · judged answer")
-        right.border_title = f"Steering off (level {message.trace.level}){judged}"
+        right.border_title = f"Steering off (level {escape(message.trace.level)}){judged}"
 
     def action_close(self) -> None:
         self.cancel.set()
