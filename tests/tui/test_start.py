@@ -193,3 +193,11 @@ async def test_config_warning_with_brackets_is_shown_literally(make_app, home):
         (note,) = [n for n in app._notifications if "temperature" in n.message]
         assert "line 2: 'temperature' must be a number" in note.message
         assert note.markup is False  # brackets from the file are never read as markup
+
+
+def test_checklist_ticks_steps_before_the_current_one():
+    from tui.screens.loading import checklist
+
+    assert checklist("quantise").plain.split() == ["✓", "Download", "✓", "Convert", "●", "Load", "/", "quantise",
+                                                   "○", "SAE"]
+    assert checklist("ready").plain.count("✓") == 4

@@ -27,6 +27,21 @@ STAGES = {
 }
 
 
+# The steps shown as a checklist; "load" and "quantise" are one step (quantising is loading).
+STEPS = (("download", "Download"), ("convert", "Convert"), ("quantise", "Load / quantise"), ("sae", "SAE"))
+STEP_OF = {"download": 0, "convert": 1, "load": 2, "quantise": 2, "sae": 3, "ready": 4}
+
+
+def checklist(current: str) -> Text:
+    """Steps before `current` ticked, `current` marked, later ones open."""
+    at = STEP_OF.get(current, 0)
+    out = Text()
+    for i, (_, label) in enumerate(STEPS):
+        mark, style = ("✓", "green") if i < at else ("●", "bold") if i == at else ("○", "dim")
+        out.append(f"{mark} {label}   ", style=style)
+    return out
+
+
 class LoadingScreen(Screen):
     """Shows one model's loading progress, or why it could not load."""
 
@@ -39,6 +54,7 @@ class LoadingScreen(Screen):
     LoadingScreen { align: center middle; }
     LoadingScreen #box { width: 72; height: auto; border: round $primary; padding: 1 2; }
     LoadingScreen #title { text-style: bold; margin-bottom: 1; }
+    LoadingScreen #steps { margin-bottom: 1; }
     LoadingScreen ProgressBar { margin: 1 0; }
     LoadingScreen #error { color: $error; margin: 1 0; }
     LoadingScreen #warning { color: $warning; margin-bottom: 1; }
@@ -64,6 +80,7 @@ class LoadingScreen(Screen):
             yield Static(Text(f"Opening {self.model}"), id="title")
             if self.warning:
                 yield Static(Text(self.warning), id="warning")
+            yield Static(checklist("download"), id="steps")
             yield Static(Text("Starting…"), id="stage")
             with Center():
                 yield ProgressBar(total=None, show_eta=False, id="bar")
@@ -87,6 +104,7 @@ class LoadingScreen(Screen):
     def show_progress(self, step: LoadProgress) -> None:
         """Update the stage line and the bar from one engine progress report."""
         stage = STAGES.get(step.stage, step.stage.capitalize())
+        self.query_one("#steps", Static).update(checklist(step.stage))
         self.query_one("#stage", Static).update(Text(f"{stage}: {step.message}"))
         bar = self.query_one("#bar", ProgressBar)
         if step.total:
