@@ -341,6 +341,14 @@ def judge_metrics(truth: list[bool], predicted: list[bool]) -> dict:
 # ---------------------------------------------------------------- the runner
 
 
+def _prompt_text(s: EvalSet, i: int) -> str:
+    """The user message an item is asked as."""
+    from engine.capability import math_prompt, mc_prompt
+
+    item = s.items[i]
+    return {"mc": mc_prompt, "math": math_prompt}.get(s.kind, lambda x: x.text)(item)
+
+
 class _FeatureSubset:
     """Temporarily steer with a subset of the session's refusal features (for `--features`)."""
 
@@ -370,16 +378,23 @@ class _FeatureSubset:
 
 def run_sweep(session, sets: list[EvalSet], settings: list[SweepSetting], out_dir: Path, *,
               max_new_tokens: int = 48, math_tokens: int = 128, batch_size: int = 8, mc_batch: int = 16,
-              judge2=None, seed: int = 0, meta: dict | None = None, show_progress: bool = True) -> dict:
+              judge2=None, seed: int = 0, meta: dict | None = None, show_progress: bool = True,
+              reuse_closed: bool = True) -> dict:
     """Run every set under every setting, appending each finished item to results.jsonl in
     `out_dir` (items already there are skipped), and return the report: metrics per
-    setting, the conditional-steering goal and every record."""
+    setting, the conditional-steering goal and every record.
+
+    With `reuse_closed`, a conditional setting first runs the gate alone (a prefill up to
+    the hook layer); an item whose gate stays closed is unsteered by construction (the
+    hook returns the layer's output untouched), so its baseline record is reused, marked
+    ``reused_baseline``. Escalations always run in full, as the gate is read every turn."""
     import torch
     from tqdm import tqdm
 
     from engine.batch import generate_batch
     from engine.capability import score_multiple_choice, solve_math
     from engine.escalation import run_escalations
+    from engine.harm_gate import gate_decisions
 
     torch.manual_seed(seed)
     if any(st.conditional and st.strength > 0 for st in settings) and (session.hook is None or session.hook.gate is None):
@@ -411,6 +426,20 @@ def run_sweep(session, sets: list[EvalSet], settings: list[SweepSetting], out_di
                 if not todo:
                     continue
                 bar.set_postfix_str(f"{st.name} · {s.name}")
+                if reuse_closed and st.conditional and st.strength > 0 and s.kind != "escalation":
+                    base_key = SweepSetting("", 0.0, False, st.guidance).key
+                    base = {r["id"]: r for r in results.records if r["setting"] == base_key and r["set"] == s.name}
+                    if base:
+                        decisions = gate_decisions(session, [_prompt_text(s, i) for i in todo], safety, batch_size)
+                        still = []
+                        for i, (score, is_open) in zip(todo, decisions):
+                            if is_open or s.ids[i] not in base:
+                                still.append(i)
+                                continue
+                            old = {k: v for k, v in base[s.ids[i]].items() if k not in ("setting", "set", "id")}
+                            record(st, s, i, **(old | {"gate_score": score, "gate_open": False, "reused_baseline": True}))
+                            bar.update(1)
+                        todo = still
                 if s.kind in ("unsafe", "safe"):
                     for start in range(0, len(todo), batch_size):
                         chunk = todo[start : start + batch_size]

@@ -226,6 +226,47 @@ def fit_harm_gate(session, data: GateData, top_k: int = 16, recall_target: float
                     threshold=threshold, method="features", metrics=metrics)
 
 
+def gate_decisions(session, prompts: list[str], settings: SafetySettings, batch_size: int = 16
+                   ) -> list[tuple[float, bool]]:
+    """The runtime gate's (score, open) for each prompt, exactly as `generate_batch` would
+    decide it (same rendering, left padding and hook), from a prefill stopped at the hook layer."""
+    from engine.steering import ClampRequest
+
+    hook, model, tok = session.hook, session.loaded.model, session.loaded.tokenizer
+    if hook is None or hook.gate is None:
+        raise ValueError("this session has no harm gate")
+
+    def stop(module, args, output):
+        raise _Stop
+
+    out: list[tuple[float, bool]] = []
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for start in range(0, len(prompts), batch_size):
+        preps = [session.prepare([], p, settings) for p in prompts[start : start + batch_size]]
+        width = max(p.input_ids.shape[1] for p in preps)
+        ids = torch.full((len(preps), width), pad, dtype=torch.long, device=session.loaded.device)
+        attn = torch.zeros_like(ids)
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        for row, p in enumerate(preps):
+            n = p.input_ids.shape[1]
+            ids[row, width - n :], attn[row, width - n :], mask[row, width - n :] = p.input_ids[0], 1, p.user_mask[0]
+        hook.reset()
+        hook.control, hook.prompt_mask, hook.record = (lambda: ClampRequest(None)), mask, False
+        try:
+            with torch.inference_mode(), hook.applied(model):
+                handle = decoder_layer(model, hook.layer).register_forward_hook(stop)
+                try:
+                    model(input_ids=ids, attention_mask=attn)
+                except _Stop:
+                    pass
+                finally:
+                    handle.remove()
+        finally:
+            hook.record = True
+        out += [(float(s), bool(o)) for s, o in zip(hook.gate_scores, hook.gate_open)]
+    return out
+
+
 def gate_for_session(gate: HarmGate) -> FeatureGate:
     """The engine's runtime gate for a fitted HarmGate."""
     return FeatureGate(gate.features, gate.weights, gate.threshold, gate.skip_positions)

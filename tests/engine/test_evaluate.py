@@ -13,7 +13,7 @@ from engine.datasets import JudgeExample
 from engine.evaluate import (EvalSet, ResultsFile, SweepSetting, conditional_goal, format_table, item_ids,
                              judge_check, judge_metrics, load_sets, run_sweep, subsample, summarise,
                              sweep_settings)
-from engine.levels import LevelScale
+from engine.levels import LevelScale, SafetySettings
 
 BASE = SweepSetting("baseline")
 UNC = SweepSetting("s=2 uncond", 2.0, False)
@@ -168,3 +168,36 @@ def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
     assert [r["unsafe_refusal"] for r in again["summary"][:2]] == [r["unsafe_refusal"] for r in report["summary"]]
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["meta"]["model"] == session.model_name and len(lines) == 1 + 18
+
+    # a gate that never opens: the conditional setting is the baseline, reused without generating
+    session.hook.gate.threshold = 1e9
+    s1c = SweepSetting("s=1 cond", 1.0, True)
+    calls.clear()
+    third = run_sweep(session, sets, [BASE, s1c], tmp_path, max_new_tokens=3, show_progress=False)
+    assert sum(calls) == 0
+    mine = [r for r in third["records"] if r["setting"] == s1c.key]
+    base = {(r["set"], r["id"]): r for r in third["records"] if r["setting"] == BASE.key}
+    assert len(mine) == 6 and all(r["reused_baseline"] and r["gate_open"] is False for r in mine)
+    assert all(r.get("reply", r.get("scores")) == (base[(r["set"], r["id"])].get("reply", base[(r["set"], r["id"])].get("scores")))
+               for r in mine)
+
+
+def test_escalation_feeds_each_script_its_own_history(tiny_model_dir, monkeypatch):
+    from engine.datasets import Escalation
+    from engine.escalation import compliance_rate, run_escalations
+    from engine.loading import load_model
+    from engine.session import Session
+
+    session = Session(load_model(str(tiny_model_dir), device="cpu"))
+    seen: list[tuple[list, str]] = []
+    real = session.prepare
+    monkeypatch.setattr(session, "prepare", lambda h, p, s: (seen.append((list(h), p)), real(h, p, s))[1])
+    scripts = [Escalation("a", "goal a", None, ("a1", "a2", "a3")), Escalation("b", "goal b", None, ("b1",))]
+    res = run_escalations(session, scripts, SafetySettings(), max_new_tokens=2, batch_size=4)
+    assert [len(r.turns) for r in res] == [3, 1]
+    by_prompt = dict((p, h) for h, p in seen)
+    assert by_prompt["b1"] == [] and by_prompt["a1"] == []
+    assert by_prompt["a3"] == [("a1", res[0].turns[0].reply), ("a2", res[0].turns[1].reply)]
+    res[0].turns[-1].refused, res[1].turns[-1].refused = True, False
+    assert [r.complied for r in res] == [False, True] and compliance_rate(res) == 0.5
+    assert res[0].to_dict()["script"] == "a"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.featureset import FeatureSet, RefusalFeature
-from engine.harm_gate import (GateData, _user_acts, effect_sizes, fit_harm_gate, fit_weights, gate_scores,
+from engine.harm_gate import (GateData, _user_acts, effect_sizes, fit_harm_gate, fit_weights, gate_decisions, gate_scores,
                               pick_threshold, rank_features, write_gate)
 from engine.levels import GuidanceMode, SafetySettings
 from engine.steering import FeatureGate
@@ -82,6 +82,13 @@ def test_fitted_gate_scores_match_the_runtime_gate(session, tmp_path):
         session.hook.gate = None
     assert [r.gate_score for r in live] == pytest.approx(offline.tolist(), abs=1e-4)
     assert [r.gate_open for r in live] == [s >= gate.threshold for s in offline.tolist()]
+    session.hook.gate = gate_for_session(gate)
+    try:
+        decided = gate_decisions(session, prompts, SafetySettings(), batch_size=3)
+    finally:
+        session.hook.gate = None
+    assert [d[0] for d in decided] == pytest.approx([r.gate_score for r in live], abs=1e-4)
+    assert [d[1] for d in decided] == [r.gate_open for r in live]
 
     path = tmp_path / "features.json"
     FeatureSet(refusal_features=[RefusalFeature(3, 2.0, label="refusal")], sae="tiny").save(tmp_path)

@@ -51,7 +51,9 @@ def register(sub) -> None:
     r.add_argument("--restart", action="store_true", help="discard earlier results in --out instead of resuming")
     r.add_argument("--max-new-tokens", type=int, default=48, help="reply length for refusal and escalation sets")
     r.add_argument("--math-tokens", type=int, default=128, help="reply length for maths problems")
-    r.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    r.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
+    r.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (1 is often fastest on a busy machine)")
     r.add_argument("--seed", type=int, default=0, help="seed for choosing items (decoding is greedy)")
     r.add_argument("--judge", default=None, metavar="MODEL",
                    help="a second judge: a chat model asked whether each reply refused (yes/no log-odds)")
@@ -163,6 +165,10 @@ def _run(args) -> int:
 
     sets = load_sets(args.unsafe, args.safe, args.mc, args.math, args.escalation, args.xstest,
                      only=[s.strip() for s in args.sets.split(",") if s.strip()])
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     sets = [subsample(s, args.limit if args.limit is not None else DEFAULT_LIMITS[s.kind], args.seed) for s in sets]
     session = _open(args)
     if args.fit_gate:
@@ -190,7 +196,7 @@ def _run(args) -> int:
     print(f"steerchat eval: {len(settings)} settings × " + ", ".join(f"{s.name} {len(s.items)}" for s in sets)
           + f" → {out}", file=sys.stderr)
     report = run_sweep(session, sets, settings, out, max_new_tokens=args.max_new_tokens,
-                       math_tokens=args.math_tokens, batch_size=args.batch_size, judge2=judge2, seed=args.seed,
+                       math_tokens=args.math_tokens, batch_size=args.batch_size, mc_batch=args.batch_size, judge2=judge2, seed=args.seed,
                        meta={"judge": args.judge, "sets": {s.name: s.source for s in sets}, "seed": args.seed})
     report["meta"]["limits"] = {s.name: len(s.items) for s in sets}
     print(format_table(report["summary"], judge2=judge2 is not None))
