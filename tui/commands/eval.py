@@ -25,6 +25,8 @@ def register(sub) -> None:
     )
     p.add_argument("--model", "-m", default=None, help="model (default: from config.toml, else the starter)")
     p.add_argument("--sae", default="auto", help="SAE folder, 'auto' for the shipped one, 'none' for no SAE")
+    p.add_argument("--adapter", default=None,
+                   help="LoRA adapter folder from `steerchat align`: evaluate base + adapter (SAE hook on the adapted model)")
     g = p.add_argument_group("settings to sweep")
     g.add_argument("--strengths", default=None,
                    help=f"comma-separated clamp strengths; 0 is the baseline (default {DEFAULT_STRENGTHS} "
@@ -123,7 +125,7 @@ def _open(args):
     if warning:
         print(f"steerchat: {warning}", file=sys.stderr)
     model = args.model or getattr(config, "model", None) or "smollm2-135m"
-    return open_session(model, sae=args.sae)
+    return open_session(model, sae=args.sae, adapter=args.adapter)
 
 
 def _fit_gate(args, session) -> None:
@@ -185,7 +187,8 @@ def _run(args) -> int:
             feature_sets = [tuple(int(f) for f in args.features.split(","))]
         settings += sweep_settings(_floats(args.strengths or DEFAULT_STRENGTHS), args.conditional,
                                    [g.strip() for g in args.guidance.split(",")], feature_sets)
-    out = Path(args.out or Path("steerchat-eval") / session.model_name)
+    adapter_tag = f"+{session.adapter_name}" if session.adapter_name else ""
+    out = Path(args.out or Path("steerchat-eval") / f"{session.model_name}{adapter_tag}")
     if args.restart and (out / "results.jsonl").exists():
         (out / "results.jsonl").unlink()
     judge2 = None
@@ -197,7 +200,8 @@ def _run(args) -> int:
           + f" → {out}", file=sys.stderr)
     report = run_sweep(session, sets, settings, out, max_new_tokens=args.max_new_tokens,
                        math_tokens=args.math_tokens, batch_size=args.batch_size, mc_batch=args.batch_size, judge2=judge2, seed=args.seed,
-                       meta={"judge": args.judge, "sets": {s.name: s.source for s in sets}, "seed": args.seed})
+                       meta={"judge": args.judge, "sets": {s.name: s.source for s in sets}, "seed": args.seed,
+                             "adapter": args.adapter})
     report["meta"]["limits"] = {s.name: len(s.items) for s in sets}
     print(format_table(report["summary"], judge2=judge2 is not None))
     goal = report["goal"]
