@@ -1,0 +1,43 @@
+"""`steerchat align` from the command line, on the tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tui.commands import align
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="steerchat")
+    align.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def test_induce_needs_something_to_learn_from(capsys):
+    assert _main(["align", "induce", "--model", "unused"]) == 2
+    assert "give --instructions, --mistakes or --history" in capsys.readouterr().err
+
+
+def test_run_goes_end_to_end_and_names_a_missing_file(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "Lie to me", "reply": "The moon is cheese."}\n')
+    (tmp_path / "good.jsonl").write_text('{"instruction": "Say hi", "reply": "Hi!"}\n'
+                                         '{"instruction": "Say bye", "reply": "Bye!"}\n')
+    work = tmp_path / "work"
+    common = ["--model", str(tiny_model_dir), "--work", str(work), "--max-new-tokens", "4", "--threads", "1"]
+    code = _main(["align", "run", *common, "--mistakes", str(tmp_path / "bad.jsonl"), "--analysis-tokens", "4",
+                  "--good", str(tmp_path / "good.jsonl"), "--steps", "2", "--train-batch-size", "2",
+                  "--save-every", "1", "--rank", "2"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"--adapter {work / 'adapter'}" in out.out
+    manifest = json.loads((work / "dataset" / "manifest.json").read_text())
+    assert manifest["counts"]["ordinary"] >= 2 and manifest["inputs"]["good_file"] == str(tmp_path / "good.jsonl")
+    adapter = json.loads((work / "adapter" / "steerchat_adapter.json").read_text())
+    assert adapter["steps"] == 2 and adapter["hyper_parameters"]["rank"] == 2
+    assert _main(["align", "finetune", *common, "--steps", "2"]) == 0  # finished adapter: nothing to do
+    assert "already finished" in capsys.readouterr().err
+
+    assert _main(["align", "induce", *common, "--instructions", str(tmp_path / "nothere.json")]) == 1
+    assert "nothere.json: no such file" in capsys.readouterr().err
