@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "tui.commands.models",
     "tui.commands.sae",
     "tui.commands.features",
+    "tui.commands.align",
 )
 
 
