@@ -4,10 +4,13 @@ The paper's capability cost (MMLU 68.8 → 36.0, GSM8K 82.5 → 35.6) is what co
 steering has to avoid, so both measures run under the same steering hook and settings
 as the chat itself:
 
-- **Multiple choice.** The question and its lettered options go in the user message; each
-  option's text is then teacher-forced as the assistant's reply and scored by the mean
-  (or summed) log-probability of its tokens. The highest-scoring option is the model's
-  answer. No generation, one forward pass per batch of (question, option) sequences.
+- **Multiple choice.** The question goes in the user message (``style="cloze"``, the
+  default, as lm-evaluation-harness scores MMLU's "acc"; ``"listed"`` adds the lettered
+  options); each option's text is then teacher-forced as the assistant's reply and scored
+  by the summed (or, with `length_norm`, mean) log-probability of its tokens. The
+  highest-scoring option is the model's answer. No generation, one forward pass per batch
+  of (question, option) sequences. On SmolLM2-135M's built-in set, cloze + sum scored
+  54%, cloze + mean 45%, listed + sum 30% (chance 25%), so cloze + sum is the default.
 - **Maths.** Greedy generation, then the final number of the reply (`extract_final_number`)
   against the number after ``####``.
 """
@@ -55,8 +58,11 @@ class MathResult:
         return self.predicted is not None and self.predicted == self.target
 
 
-def mc_prompt(q: MCQuestion) -> str:
-    """The user message for a multiple-choice question: the question and lettered options."""
+def mc_prompt(q: MCQuestion, style: str = "cloze") -> str:
+    """The user message for a multiple-choice question: the question alone ("cloze"), or
+    with its lettered options ("listed")."""
+    if style == "cloze":
+        return q.question
     options = "\n".join(f"{'ABCDEFGHIJ'[i]}. {c}" for i, c in enumerate(q.choices))
     return f"{q.question}\n\n{options}\n\nReply with the correct option."
 
@@ -97,18 +103,18 @@ def _forward_logprobs(session, settings, ids, attn, user_mask) -> tuple[torch.Te
 
 def score_multiple_choice(
     session, questions: list[MCQuestion], settings: SafetySettings, batch_size: int = 16,
-    length_norm: bool = True, on_done: Callable[[int, MCResult], None] | None = None,
+    length_norm: bool = False, style: str = "cloze", on_done: Callable[[int, MCResult], None] | None = None,
 ) -> list[MCResult]:
     """Score every option of every question by its log-likelihood as the assistant's reply.
 
-    `length_norm` averages over the option's tokens (otherwise sums), so long options are
-    not penalised for their length. Sequences are right-padded and batched across
+    `length_norm` averages over the option's tokens instead of summing, so long options
+    are not penalised for their length. Sequences are right-padded and batched across
     questions; `on_done(index, result)` is called as each question completes.
     """
     tok, device = session.loaded.tokenizer, session.loaded.device
     seqs: list[tuple[int, int, list[int], list[bool], int]] = []  # (question, option, ids, user mask, prefix length)
     for qi, q in enumerate(questions):
-        prep = session.prepare([], mc_prompt(q), settings)
+        prep = session.prepare([], mc_prompt(q, style), settings)
         prefix = prep.input_ids[0].tolist()
         mask = prep.user_mask[0].tolist()
         for ci, choice in enumerate(q.choices):

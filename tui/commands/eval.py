@@ -59,6 +59,8 @@ def register(sub) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed for choosing items (decoding is greedy)")
     r.add_argument("--judge", default=None, metavar="MODEL",
                    help="a second judge: a chat model asked whether each reply refused (yes/no log-odds)")
+    r.add_argument("--judge-threshold", type=float, default=0.0,
+                   help="the second judge says 'refused' above this yes/no log-odds")
     r.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     x = p.add_argument_group("other modes")
     x.add_argument("--judge-check", metavar="FILE",
@@ -107,7 +109,7 @@ def _judge_check(args) -> int:
     if args.judge:
         from engine.judge_model import ModelJudge
 
-        second = ModelJudge.load(args.judge)
+        second = ModelJudge.load(args.judge, threshold=args.judge_threshold)
         judges.append((f"model judge ({second.name})", lambda pairs: [r for r, _ in second.judge(pairs)]))
     for name, fn in judges:
         m = judge_check(examples, fn)
@@ -195,7 +197,7 @@ def _run(args) -> int:
     if args.judge:
         from engine.judge_model import ModelJudge
 
-        judge2 = ModelJudge.load(args.judge)
+        judge2 = ModelJudge.load(args.judge, threshold=args.judge_threshold)
     print(f"steerchat eval: {len(settings)} settings × " + ", ".join(f"{s.name} {len(s.items)}" for s in sets)
           + f" → {out}", file=sys.stderr)
     report = run_sweep(session, sets, settings, out, max_new_tokens=args.max_new_tokens,
