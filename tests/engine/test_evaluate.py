@@ -201,3 +201,14 @@ def test_escalation_feeds_each_script_its_own_history(tiny_model_dir, monkeypatc
     res[0].turns[-1].refused, res[1].turns[-1].refused = True, False
     assert [r.complied for r in res] == [False, True] and compliance_rate(res) == 0.5
     assert res[0].to_dict()["script"] == "a"
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from engine.plot import plot_sweep
+
+    rows = [_row(BASE, 0.1, 0.0, 0.5), _row(UNC, 0.8, 0.5, 0.3), _row(CON, 0.7, 0.1, 0.5)]
+    for r in rows:
+        r["escalation_compliance"] = 0.5
+    path = plot_sweep(rows, tmp_path / "sweep.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
