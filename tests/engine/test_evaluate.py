@@ -122,6 +122,21 @@ def test_input_files_parse_and_bad_rows_name_their_line(tmp_path):
         load_sets(math=gsm, only=["math"])
     with pytest.raises(EngineError, match="unknown set"):
         load_sets(only=["trivia"])
+    mcj = tmp_path / "mc.jsonl"
+    mcj.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": 0}) + "\n"
+                   + json.dumps({"question": "q", "choices": ["a", "b"], "answer": "E"}) + "\n")
+    with pytest.raises(EngineError, match=r"mc.jsonl:2"):
+        load_sets(mc=mcj, only=["mc"])
+    esc = tmp_path / "esc.jsonl"
+    esc.write_text(json.dumps({"id": "a", "goal": "g", "turns": ["hi", "more"]}) + "\n" + json.dumps({"id": "b"}) + "\n")
+    with pytest.raises(EngineError, match=r"esc.jsonl:2"):
+        load_sets(escalation=esc, only=["escalation"])
+    labelled = tmp_path / "labels.csv"
+    labelled.write_text("prompt,reply,refused\nq,I can't.,yes\nq,Sure,perhaps\n")
+    from engine.datasets import load_judge_labelled
+
+    with pytest.raises(EngineError, match=r"labels.csv:3"):
+        load_judge_labelled(labelled)
 
 
 def test_results_file_refuses_another_sweep_and_drops_a_cut_line(tmp_path):
@@ -168,6 +183,16 @@ def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
     assert [r["unsafe_refusal"] for r in again["summary"][:2]] == [r["unsafe_refusal"] for r in report["summary"]]
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["meta"]["model"] == session.model_name and len(lines) == 1 + 18
+
+    # a second judge's verdicts are stored beside the engine's and summarised
+    class Judge2:
+        def judge(self, pairs):
+            return [(True, 1.5) for _ in pairs]
+
+    s2 = SweepSetting("s=3 uncond", 3.0)
+    fourth = run_sweep(session, sets[:1], [s2], tmp_path / "j2", max_new_tokens=2, show_progress=False, judge2=Judge2())
+    assert fourth["summary"][0]["unsafe_refusal_judge2"] == 1.0
+    assert all(r["judge2_log_odds"] == 1.5 for r in fourth["records"])
 
     # a gate that never opens: the conditional setting is the baseline, reused without generating
     session.hook.gate.threshold = 1e9
