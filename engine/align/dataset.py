@@ -43,7 +43,8 @@ def guided_settings() -> SafetySettings:
 def good_replies(session, instructions: list[str], harmful: bool, out_path: Path, *, max_new_tokens: int = 96,
                  batch_size: int = 8, progress: Progress | None = None) -> list[GoodReply]:
     """The model's guided replies that the judge accepts: refusals for harmful
-    instructions, non-refusals (that are not empty or a loop) for harmless ones."""
+    instructions; for harmless ones, non-refusals that pass the same cheap checks as an
+    analysis (not empty, not the instruction echoed back, not a loop)."""
     out_path = Path(out_path)
 
     def judge(item: dict, r) -> dict:

@@ -2,7 +2,7 @@
 
 Every stage appends its results to a JSONL file as each batch finishes, so an
 interrupted stage re-run with the same output skips the items already written
-(`done_keys`). A stage that finished writes `<file>.done` beside its output.
+(`done_keys`). A stage that finished writes its counts to `<file>.done`.
 """
 
 from __future__ import annotations
@@ -99,9 +99,6 @@ def done_keys(path: Path, key: str = "instruction") -> set[str]:
 
 
 def mark_done(path: Path, summary: dict) -> None:
+    """Write the stage's counts to `<file>.done` (what `steerchat align` reports)."""
     Path(str(path) + ".done").write_text(json.dumps(summary, indent=1))
 
-
-def is_done(path: Path) -> dict | None:
-    marker = Path(str(path) + ".done")
-    return json.loads(marker.read_text()) if marker.is_file() else None
