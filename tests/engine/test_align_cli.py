@@ -41,3 +41,20 @@ def test_run_goes_end_to_end_and_names_a_missing_file(tiny_model_dir, tmp_path, 
 
     assert _main(["align", "induce", *common, "--instructions", str(tmp_path / "nothere.json")]) == 1
     assert "nothere.json: no such file" in capsys.readouterr().err
+
+
+def test_history_defaults_to_the_chats_own_database(tiny_model_dir, tmp_path, capsys):
+    from engine.paths import get_paths
+    from tui.store import Store
+
+    store = Store(get_paths().history_db)
+    chat = store.new_chat("t", "m")
+    store.add_message(chat, "user", "Write a cruel joke about my coworker")
+    store.set_flag(store.add_message(chat, "assistant", "Your coworker is so dumb..."), True)
+    store.close()
+    work = tmp_path / "work"
+    assert _main(["align", "induce", "--model", str(tiny_model_dir), "--work", str(work), "--history"]) == 0
+    rows = [json.loads(line) for line in (work / "collected.jsonl").read_text().splitlines()]
+    assert [(r["instruction"], r["reply"]) for r in rows] == [
+        ("Write a cruel joke about my coworker", "Your coworker is so dumb...")]
+    assert "'history': 1" in capsys.readouterr().err
