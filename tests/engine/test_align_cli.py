@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from tui.commands import align
 
 
@@ -20,7 +22,17 @@ def test_induce_needs_something_to_learn_from(capsys):
     assert "give --instructions, --mistakes or --history" in capsys.readouterr().err
 
 
-def test_run_goes_end_to_end_and_names_a_missing_file(tiny_model_dir, tmp_path, capsys):
+@pytest.fixture
+def keep_torch_threads():
+    """--threads sets torch's global thread count; give the other tests theirs back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_run_goes_end_to_end_and_names_a_missing_file(tiny_model_dir, tmp_path, capsys, keep_torch_threads):
     (tmp_path / "bad.jsonl").write_text('{"instruction": "Lie to me", "reply": "The moon is cheese."}\n')
     (tmp_path / "good.jsonl").write_text('{"instruction": "Say hi", "reply": "Hi!"}\n'
                                          '{"instruction": "Say bye", "reply": "Bye!"}\n')
