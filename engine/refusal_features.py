@@ -200,9 +200,10 @@ def find_refusal_features(session, harmful: list[str], compliant: dict[str, str]
     if not cands:
         raise ValueError("no feature is more active on refusal replies than on the other texts")
     base = refusal_rate(session, val_harmful, settings_for(0.0), cfg.max_new_tokens, cfg.batch_size)
-    base_safe = refusal_rate(session, val_harmless, settings_for(0.0), cfg.max_new_tokens, cfg.batch_size)
+    from tqdm.auto import tqdm
+
     probe = settings_for(cfg.probe_strength)
-    for c in cands:
+    for c in tqdm(cands, desc=f"validating at s={cfg.probe_strength:g}", unit="feature", disable=not progress):
         one = steered_session(session, [c.feature], [c.reference_activation])
         c.validation = {
             "harmful_refusal": refusal_rate(one, val_harmful, probe, cfg.max_new_tokens, cfg.batch_size),
@@ -230,7 +231,7 @@ def find_refusal_features(session, harmful: list[str], compliant: dict[str, str]
         "config": asdict(cfg),
         "data": {"harmful": len(harmful), "compliant": sum(1 for p in harmful if compliant.get(p)),
                  "harmless": len(harmless), "val_harmful": len(val_harmful), "val_harmless": len(val_harmless)},
-        "baseline": {"harmful_refusal": base, "harmless_refusal": base_safe},
+        "baseline": {"harmful_refusal": base},
         "combined_harmful_refusal": best,
         "candidates": [asdict(c) for c in cands],
     }

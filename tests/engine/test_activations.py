@@ -11,6 +11,15 @@ import engine.activations as acts_mod
 from engine.activations import CollectConfig, Manifest, Source, collect, iter_shards, kept_positions, read_pairs
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: with several threads on a busy machine, OpenMP barriers cost more than the maths."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def write_sources(folder):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "instr.txt").write_text("Name a colour.\nCount to three.\nSay hello.\n")

@@ -127,8 +127,7 @@ def run_find(args: argparse.Namespace) -> int:
     except (EngineError, ValueError) as exc:
         print(f"steerchat: {exc}", file=sys.stderr)
         return 1
-    print(f"baseline refusal: harmful {record['baseline']['harmful_refusal']:.0%}, "
-          f"harmless {record['baseline']['harmless_refusal']:.0%}")
+    print(f"unsteered refusal on the held-out harmful prompts: {record['baseline']['harmful_refusal']:.0%}")
     for c in record["candidates"]:
         v = c["validation"]
         print(f"  feature {c['feature']:>5}  score {c['score']:7.3f}  m_f {c['reference_activation']:7.3f}  "
