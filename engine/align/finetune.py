@@ -141,7 +141,10 @@ def _kbit(model) -> bool:
 
 def add_lora(model, cfg: FinetuneConfig):
     """Wrap `model` with fresh LoRA adapters (QLoRA preparation first for a 4/8-bit base)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    try:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    except ImportError:
+        raise AlignError("LoRA fine-tuning needs peft: pip install 'steerchat[train]'") from None
 
     if _kbit(model):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
