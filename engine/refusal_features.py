@@ -46,12 +46,12 @@ REFUSAL_TEMPLATES = (
 @dataclass
 class FindConfig:
     candidates: int = 8  # features validated by steering
-    max_features: int = 3  # most features in the shipped set
+    max_features: int = 4  # most features in the shipped set
     percentile: float = 90.0  # m_f
     probe_strength: float = 2.0  # s used to validate single candidates
     max_new_tokens: int = 24
     batch_size: int = 32
-    min_gain: float = 0.05  # a feature joins the set only if it adds this much harmful refusal
+    min_gain: float = 0.0  # a feature joins the set if the combination refuses at least this much more
 
 
 @dataclass
@@ -192,28 +192,36 @@ def sweep(session, features: list[int], references: list[float], harmful: list[s
 
 def find_refusal_features(session, harmful: list[str], compliant: dict[str, str], harmless: list[str],
                           val_harmful: list[str], val_harmless: list[str], cfg: FindConfig | None = None,
-                          progress: bool = True) -> tuple[list[RefusalFeature], dict]:
-    """Contrast, rank, validate and combine; returns the chosen features and a record of how."""
-    cfg = cfg or FindConfig()
-    stats = contrast(session, harmful, compliant, harmless, progress)
-    cands = rank_features(stats, cfg.candidates, cfg.percentile)
-    if not cands:
-        raise ValueError("no feature is more active on refusal replies than on the other texts")
-    base = refusal_rate(session, val_harmful, settings_for(0.0), cfg.max_new_tokens, cfg.batch_size)
+                          progress: bool = True, previous: dict | None = None) -> tuple[list[RefusalFeature], dict]:
+    """Contrast, rank, validate and combine; returns the chosen features and a record of how.
+
+    `previous` (an earlier run's record) reuses its validated candidates and only redoes the combination.
+    """
     from tqdm.auto import tqdm
 
+    cfg = cfg or FindConfig()
     probe = settings_for(cfg.probe_strength)
-    for c in tqdm(cands, desc=f"validating at s={cfg.probe_strength:g}", unit="feature", disable=not progress):
-        one = steered_session(session, [c.feature], [c.reference_activation])
-        c.validation = {
-            "harmful_refusal": refusal_rate(one, val_harmful, probe, cfg.max_new_tokens, cfg.batch_size),
-            "harmless_refusal": refusal_rate(one, val_harmless, probe, cfg.max_new_tokens, cfg.batch_size),
-        }
+    if previous is not None:  # candidates already ranked and validated one by one in an earlier run
+        cands = [Candidate(**c) for c in previous["candidates"]]
+        base = float(previous["baseline"]["harmful_refusal"])
+    else:
+        stats = contrast(session, harmful, compliant, harmless, progress)
+        cands = rank_features(stats, cfg.candidates, cfg.percentile)
+        if not cands:
+            raise ValueError("no feature is more active on refusal replies than on the other texts")
+        base = refusal_rate(session, val_harmful, settings_for(0.0), cfg.max_new_tokens, cfg.batch_size)
+        for c in tqdm(cands, desc=f"validating at s={cfg.probe_strength:g}", unit="feature", disable=not progress):
+            one = steered_session(session, [c.feature], [c.reference_activation])
+            c.validation = {
+                "harmful_refusal": refusal_rate(one, val_harmful, probe, cfg.max_new_tokens, cfg.batch_size),
+                "harmless_refusal": refusal_rate(one, val_harmless, probe, cfg.max_new_tokens, cfg.batch_size),
+            }
     order = sorted(cands, key=lambda c: (c.validation["harmful_refusal"] - 0.25 * c.validation["harmless_refusal"],
                                          c.score), reverse=True)
     chosen = [order[0]]
     best = order[0].validation["harmful_refusal"]
-    for c in order[1:]:
+    trials = []
+    for c in tqdm(order[1:], desc="combining", unit="feature", disable=not progress):
         if len(chosen) >= cfg.max_features or best >= 1.0:
             break
         if c.validation["harmful_refusal"] <= base:
@@ -221,6 +229,7 @@ def find_refusal_features(session, harmful: list[str], compliant: dict[str, str]
         trial = chosen + [c]
         rate = refusal_rate(steered_session(session, [t.feature for t in trial], [t.reference_activation for t in trial]),
                             val_harmful, probe, cfg.max_new_tokens, cfg.batch_size)
+        trials.append({"features": [t.feature for t in trial], "harmful_refusal": rate})
         if rate >= best + cfg.min_gain:
             chosen, best = trial, rate
     features = [RefusalFeature(c.feature, c.reference_activation, c.score) for c in chosen]
@@ -233,6 +242,7 @@ def find_refusal_features(session, harmful: list[str], compliant: dict[str, str]
                  "harmless": len(harmless), "val_harmful": len(val_harmful), "val_harmless": len(val_harmless)},
         "baseline": {"harmful_refusal": base},
         "combined_harmful_refusal": best,
+        "combinations": trials,
         "candidates": [asdict(c) for c in cands],
     }
     return features, record

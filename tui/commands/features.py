@@ -27,11 +27,15 @@ def register(sub) -> None:
     f.add_argument("--replies", help="JSONL of the model's own replies (prompt, reply), e.g. a collection's "
                    "generated.jsonl; missing ones are generated")
     f.add_argument("--candidates", type=int, default=8, help="features validated by steering (8)")
-    f.add_argument("--max-features", type=int, default=3, help="most features in the set (3)")
+    f.add_argument("--max-features", type=int, default=4, help="most features in the set (4)")
     f.add_argument("--percentile", type=float, default=90.0, help="percentile of refusal activations for m_f (90)")
     f.add_argument("--probe-strength", type=float, default=2.0, help="s for validating candidates (2)")
     f.add_argument("--max-new-tokens", type=int, default=24, help="reply length in validation (24)")
     f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--min-gain", type=float, default=0.0,
+                   help="a feature joins the set when the combination's harmful refusal rises by at least this (0)")
+    f.add_argument("--reuse", help="features.json of an earlier run: reuse its ranked and validated candidates, "
+                   "redo only the combination")
     f.add_argument("--out", help="folder for features.json (default: the SAE folder's parent if it is called 'sae', "
                    "else the SAE folder)")
     f.set_defaults(run=run_find)
@@ -107,8 +111,15 @@ def run_find(args: argparse.Namespace) -> int:
         harmful, harmless = _prompts(args.harmful), _prompts(args.harmless)
         val_h, val_s = _prompts(args.val_harmful), _prompts(args.val_harmless)
         session = _session(args)
+        previous = None
+        if args.reuse:
+            from engine.featureset import FeatureSet
+
+            previous = FeatureSet.load(args.reuse).extra.get("find_refusal")
+            if not previous:
+                raise EngineError(f"{args.reuse}: holds no find-refusal record to reuse")
         replies = load_replies(args.replies) if args.replies else {}
-        missing = [p for p in harmful if p not in replies]
+        missing = [] if previous else [p for p in harmful if p not in replies]
         if missing:
             from engine.batch import generate_batch
             from engine.levels import SafetySettings
@@ -118,9 +129,10 @@ def run_find(args: argparse.Namespace) -> int:
                 replies[r.prompt] = r.reply
         cfg = FindConfig(candidates=args.candidates, max_features=args.max_features, percentile=args.percentile,
                          probe_strength=args.probe_strength, max_new_tokens=args.max_new_tokens,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, min_gain=args.min_gain)
         t0 = time.perf_counter()
-        features, record = find_refusal_features(session, harmful, replies, harmless, val_h, val_s, cfg)
+        features, record = find_refusal_features(session, harmful, replies, harmless, val_h, val_s, cfg,
+                                                 previous=previous)
         record["seconds"] = round(time.perf_counter() - t0, 1)
         path = write_features(_out_folder(args), features, record, session.sae.name, session.sae.cfg.hook_layer,
                               command_line(args, "features", "find-refusal"))
