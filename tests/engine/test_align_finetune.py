@@ -171,3 +171,22 @@ def test_adapter_and_sae_combine_with_the_hook_on_the_adapted_model(trained, tin
     # The SAE reads layer 1 of the adapted model, so the prompt's features change with the adapter.
     prompt = lambda t: [tf.features for tf in t.tokens if tf.span == "prompt"]  # noqa: E731
     assert prompt(adapted) and prompt(adapted) != prompt(traces["base"])
+
+
+def test_a_4bit_base_is_trained_the_qlora_way(tiny_model_dir, tmp_path):
+    """The Phi-3-on-CUDA path (NF4 base + prepare_model_for_kbit_training), run on the CPU."""
+    import bitsandbytes as bnb
+    from engine.loading import load_model
+
+    loaded = load_model(str(tiny_model_dir), quant="4bit")
+    cfg = FinetuneConfig(rank=2, alpha=4, steps=2, batch_size=2, max_seq_len=64, save_every=0)
+    result = finetune(loaded, ROWS[:4], tmp_path / "adapter", cfg)
+    base = loaded.model.get_base_model()
+    assert base.is_gradient_checkpointing  # set by prepare_model_for_kbit_training
+    frozen = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert frozen and not any(m.weight.requires_grad for m in frozen)
+    trainable = [p for p in loaded.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    manifest = json.loads((tmp_path / "adapter" / "steerchat_adapter.json").read_text())
+    assert manifest["base_model"]["quant"] == "4bit"
