@@ -4,7 +4,8 @@
    compliant reply; on harmless prompts, read the prompt's tokens. For every feature,
    per sequence, take its mean activation over the reply (or prompt) tokens. Score =
    Cohen's d of refusal sequences against all the others (effect size) times the
-   difference in the fraction of sequences where it fires at all (consistency).
+   difference in the fraction of sequences where it fires at all (consistency) times the
+   fraction of refusal-reply tokens it fires on (a single-word feature steers badly).
 2. Reference activation m_f: a high percentile (default 90th) of the feature's non-zero
    activations on refusal-reply tokens, so the clamp target c_f = s * m_f at s = 1 is
    "as strong as in a real refusal".
@@ -126,9 +127,12 @@ def rank_features(stats: dict[str, torch.Tensor], n: int, percentile: float) -> 
     pooled = ((ref[:, 0].var(0) + other[:, 0].var(0)) / 2).sqrt() + 1e-6
     d = (m_r - m_o) / pooled
     consistency = ref[:, 1].mean(0) - other[:, 1].mean(0)
-    score = d * consistency.clamp_min(0)
-    top = score.topk(min(n, score.numel())).indices.tolist()
     toks = stats["refusal_tokens"]
+    # Weighted by how many refusal-reply tokens it fires on: a feature for one word ("that" in
+    # "help with that") clamped at every position breaks the text instead of steering it.
+    token_rate = (toks > 0).float().mean(0)
+    score = d * consistency.clamp_min(0) * token_rate
+    top = score.topk(min(n, score.numel())).indices.tolist()
     out = []
     for f in top:
         fired = toks[:, f][toks[:, f] > 0]
@@ -235,7 +239,7 @@ def find_refusal_features(session, harmful: list[str], compliant: dict[str, str]
     features = [RefusalFeature(c.feature, c.reference_activation, c.score) for c in chosen]
     record = {
         "method": "contrast of teacher-forced refusal replies vs compliant replies and harmless prompts; "
-                  f"score = Cohen's d x firing-rate difference; m_f = {cfg.percentile:g}th percentile of non-zero "
+                  f"score = Cohen's d x firing-rate difference x refusal-token firing rate; m_f = {cfg.percentile:g}th percentile of non-zero "
                   "activations on refusal-reply tokens; validated by clamping at the probe strength",
         "config": asdict(cfg),
         "data": {"harmful": len(harmful), "compliant": sum(1 for p in harmful if compliant.get(p)),
