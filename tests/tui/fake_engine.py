@@ -234,7 +234,7 @@ class FakeEngine:
             settings=SafetySettings(levels.get(level) if level else levels.levels[0]),
             system_prompt=system,
             sampling=sampling or SamplingSettings(),
-            **self.session_kw,
+            **{"adapter_name": adapter.rstrip("/").split("/")[-1] if adapter else None, **self.session_kw},
         )
         if progress:
             progress(LoadProgress("ready", "ready", 1, 1))

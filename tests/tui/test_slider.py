@@ -67,3 +67,4 @@ async def test_each_turn_keeps_its_own_level(make_app):
         first, second = app.chat_screen.query(AssistantMessage)
         assert (first.level_label, second.level_label) == ("Off", "Max")
         assert [m.level for m in app.store.messages(app.chat_screen.chat_id)] == ["Off", "Off", "Max", "Max"]
+

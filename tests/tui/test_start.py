@@ -5,7 +5,7 @@ import sys
 import threading
 import time
 
-from conftest import SIZE, ready, wait_for
+from conftest import SIZE, ready, screen_text, wait_for
 from fake_engine import FakeEngine
 
 from engine.api import LoadProgress
@@ -201,3 +201,15 @@ def test_checklist_ticks_steps_before_the_current_one():
     assert checklist("quantise").plain.split() == ["✓", "Download", "✓", "Convert", "●", "Load", "/", "quantise",
                                                    "○", "SAE"]
     assert checklist("ready").plain.count("✓") == 4
+
+
+async def test_status_line_shows_an_active_adapter(make_app, engine):
+    app = make_app(adapter="/work/runs/align-1/adapter")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert engine.opened[0]["adapter"] == "/work/runs/align-1/adapter"
+        assert "adapter adapter" in screen_text(app, app.chat_screen.query_one("#status"))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert "adapter" not in screen_text(app, app.chat_screen.query_one("#status"))

@@ -128,6 +128,8 @@ class ChatScreen(Screen):
             status.append(" · loading…")
         else:
             status.append(f" · {self.session.model_name} · SAE {self.session.sae_name or 'none'}")
+            if self.session.adapter_name:
+                status.append(f" · adapter {self.session.adapter_name}", style="bold yellow")
             status.append(f" · level {self.session.settings.level.name}", style="magenta")
         if self.chat_id is not None and (chat := self.store.chat(self.chat_id)):
             status.append(f" · {one_line(chat.title, 40)}")
