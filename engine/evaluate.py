@@ -402,8 +402,13 @@ def run_sweep(session, sets: list[EvalSet], settings: list[SweepSetting], out_di
                           "`steerchat eval --fit-gate`, or sweep with --conditional off")
     if any(st.strength > 0 for st in settings) and not session._refusal:
         raise EngineError("steered settings need refusal features (features.json beside the SAE)")
+    gate = session.hook.gate if session.hook is not None else None
+    # what was steered is part of the sweep's identity: a resume against a changed features.json is refused
     meta = {"model": session.model_name, "sae": session.sae_name, "max_new_tokens": max_new_tokens,
-            "math_tokens": math_tokens, **(meta or {})}
+            "math_tokens": math_tokens,
+            "refusal_features": [[r.feature, r.reference_activation] for r in session.features.refusal_features],
+            "harm_gate": None if gate is None else {"n_features": len(gate.features), "threshold": gate.threshold},
+            **(meta or {})}
     results = ResultsFile(Path(out_dir) / RESULTS_NAME, meta)
 
     def pending(st: SweepSetting, s: EvalSet) -> list[int]:

@@ -72,8 +72,9 @@ def register(sub) -> None:
                    help="fit the harm gate (conditional steering) and write it into the SAE's features.json")
     x.add_argument("--gate-data", default=None,
                    help="folder with harmful_train.json, harmless_train.json (default ../shared/data if present)")
-    x.add_argument("--gate-recall", type=float, default=0.9, help="share of dev harmful prompts the gate must open on")
-    x.add_argument("--gate-features", type=int, default=16, help="most SAE features in the gate")
+    x.add_argument("--gate-recall", type=float, default=0.95,
+                   help="share of dev harmful prompts the gate must open on (0.95: the knee of the dev curve on the starter)")
+    x.add_argument("--gate-features", type=int, default=64, help="most SAE features in the gate")
     p.set_defaults(run=run)
 
 
