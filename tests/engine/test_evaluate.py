@@ -198,8 +198,10 @@ def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
     session.hook.gate.threshold = 1e9
     s1c = SweepSetting("s=1 cond", 1.0, True)
     calls.clear()
-    third = run_sweep(session, sets, [BASE, s1c], tmp_path, max_new_tokens=3, show_progress=False)
-    assert sum(calls) == 0
+    with pytest.raises(EngineError, match="harm_gate"):  # the gate changed: not a resume of the same sweep
+        run_sweep(session, sets, [BASE, s1c], tmp_path, max_new_tokens=3, show_progress=False)
+    third = run_sweep(session, sets, [BASE, s1c], tmp_path / "closed", max_new_tokens=3, show_progress=False)
+    assert sum(calls) == 4  # the baseline's prompts only
     mine = [r for r in third["records"] if r["setting"] == s1c.key]
     base = {(r["set"], r["id"]): r for r in third["records"] if r["setting"] == BASE.key}
     assert len(mine) == 6 and all(r["reused_baseline"] and r["gate_open"] is False for r in mine)
