@@ -61,6 +61,10 @@ def test_conditional_goal_met_and_not_met():
     assert not conditional_goal(rows)["met"]
     rows[-1] = _row(CON, 0.9, 0.5, 0.5)  # keeps the gain but over-refuses 2/3 as much
     assert not conditional_goal(rows)["met"]
+    # exactly 80% of the gain with counts out of 32 (1/32 → 16/32 unconditional, 13/32 conditional)
+    rows = [_row(BASE, 1 / 32, 0.0, 0.45), _row(UNC, 16 / 32, 0.75, 0.325), _row(CON, 13 / 32, 0.09375, 0.425)]
+    goal = conditional_goal(rows)
+    assert goal["gain_kept"] == pytest.approx(0.8, abs=1e-3) and goal["met"]
 
 
 def test_judge_metrics_arithmetic():
