@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "tui.commands.sae",
     "tui.commands.features",
     "tui.commands.align",
+    "tui.commands.eval",
 )
 
 
