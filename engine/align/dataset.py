@@ -25,7 +25,7 @@ from pathlib import Path
 
 from engine.align.analyse import analysis_problem
 from engine.align.generation import Progress, generate_stage
-from engine.align.induce import INSTRUCTION_KEYS, REPLY_KEYS
+from engine.align.induce import read_pairs
 from engine.align.prompts import HINT_PHRASES, contains_hint, unguided_analysis_prompt
 from engine.align.records import AlignError, Analysis, GoodReply, Mistake, TrainingRow, mark_done, read_jsonl, write_jsonl
 from engine.levels import DEFAULT_LEVELS, GuidanceMode, SafetySettings
@@ -67,17 +67,9 @@ def good_replies(session, instructions: list[str], harmful: bool, out_path: Path
 
 def load_good_pairs(path: Path) -> list[GoodReply]:
     """Ordinary (instruction, good reply) pairs from a JSONL file (reply/response/output)."""
-    path = Path(path)
-    out = []
-    for i, row in enumerate(read_jsonl(path), 1):
-        if row.get("kept") is False:
-            continue
-        ins = next((row[k] for k in INSTRUCTION_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
-        rep = next((row[k] for k in REPLY_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
-        if ins is None or rep is None:
-            raise AlignError(f"{path.name}: row {i} has no {'instruction' if ins is None else 'reply'}")
-        out.append(GoodReply(ins, rep, bool(row.get("harmful", False)), row.get("source") or f"file:{path.name}"))
-    return out
+    name = Path(path).name
+    return [GoodReply(ins, rep, bool(row.get("harmful", False)), row.get("source") or f"file:{name}")
+            for row, ins, rep in read_pairs(path)]
 
 
 def training_rows(analyses: list[Analysis], good: list[GoodReply]) -> tuple[list[TrainingRow], Counter]:

@@ -43,10 +43,11 @@ def induce_mistakes(session, instructions: list[str], out_path: Path, *, max_new
     return kept
 
 
-def load_mistakes(path: Path, source: str | None = None) -> list[Mistake]:
-    """Mistakes from a JSONL of {instruction, reply} (also prompt/response/output/bad_reply).
+def read_pairs(path: Path) -> list[tuple[dict, str, str]]:
+    """(row, instruction, reply) for each row of a JSONL of instruction/reply pairs.
 
-    A stage-1 file is read too: its rows marked `kept: false` are skipped.
+    Any of INSTRUCTION_KEYS and REPLY_KEYS may name the fields; rows of a stage-1 file
+    marked `kept: false` are skipped; a row lacking either raises AlignError with its number.
     """
     path = Path(path)
     out = []
@@ -56,11 +57,20 @@ def load_mistakes(path: Path, source: str | None = None) -> list[Mistake]:
         ins = next((row[k] for k in INSTRUCTION_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
         rep = next((row[k] for k in REPLY_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
         if ins is None or rep is None:
-            missing = "an instruction" if ins is None else "a reply"
+            missing = "instruction" if ins is None else "reply"
             raise AlignError(f"{path.name}: row {i} has no {missing} "
                              f"(keys {', '.join(INSTRUCTION_KEYS if ins is None else REPLY_KEYS)})")
-        out.append(Mistake(ins, rep, source or row.get("source") or f"file:{path.name}"))
+        out.append((row, ins, rep))
     return out
+
+
+def load_mistakes(path: Path, source: str | None = None) -> list[Mistake]:
+    """Mistakes from a JSONL of {instruction, reply} (also prompt/response/output/bad_reply).
+
+    A stage-1 file is read too: its rows marked `kept: false` are skipped.
+    """
+    name = Path(path).name
+    return [Mistake(ins, rep, source or row.get("source") or f"file:{name}") for row, ins, rep in read_pairs(path)]
 
 
 def mistakes_from_history(db_path: Path) -> list[Mistake]:

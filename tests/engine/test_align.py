@@ -105,7 +105,7 @@ def test_load_mistakes_accepts_common_keys_and_names_bad_lines(tmp_path):
     with pytest.raises(AlignError, match=r"bad\.jsonl:2: not valid JSON"):
         load_mistakes(f)
     f.write_text('{"instruction": "a"}\n')
-    with pytest.raises(AlignError, match=r"bad\.jsonl: row 1 has no a reply"):
+    with pytest.raises(AlignError, match=r"bad\.jsonl: row 1 has no reply \(keys"):
         load_mistakes(f)
     with pytest.raises(AlignError, match="nothere.jsonl: no such file"):
         load_mistakes(tmp_path / "nothere.jsonl")
