@@ -57,7 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_chat(model=args.model, sae=args.sae, level=args.level, system=args.system,
                         adapter=args.adapter, quant=args.quant)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # `steerchat models | head`: the reader left; nothing to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
