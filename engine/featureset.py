@@ -28,7 +28,7 @@ LABELS_NAME = "labels.json"
 @dataclass
 class RefusalFeature:
     feature: int
-    reference_activation: float  # m_f: a high percentile of its activation on the model's own refusals
+    reference_activation: float  # m_f: the clamp target at s = 1 (how it is found: engine.refusal_features)
     score: float = 0.0
     label: str | None = None
 

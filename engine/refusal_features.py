@@ -1,17 +1,27 @@
 """Finding the SAE features that mean "refusal", and validating them by steering.
 
-1. Contrast. On harmful prompts, teacher-force a refusal reply and the model's own
-   compliant reply; on harmless prompts, read the prompt's tokens. For every feature,
-   per sequence, take its mean activation over the reply (or prompt) tokens. Score =
-   Cohen's d of refusal sequences against all the others (effect size) times the
-   difference in the fraction of sequences where it fires at all (consistency) times the
-   fraction of refusal-reply tokens it fires on (a single-word feature steers badly).
-2. Reference activation m_f: a high percentile (default 90th) of the feature's non-zero
-   activations on refusal-reply tokens, so the clamp target c_f = s * m_f at s = 1 is
-   "as strong as in a real refusal".
-3. Validation. Each top candidate is clamped alone at a probe strength on held-out
-   harmful and harmless prompts (greedy, judged by `engine.refusal.judge_refusal`); the
-   winners are combined greedily while the combination raises the harmful refusal rate.
+Two methods; both start from harmful prompts with a teacher-forced refusal reply and the
+model's own compliant reply.
+
+`direction` (the default). The refusal direction r is the difference of the mean hook-layer
+residuals over refusal-reply tokens and compliant-reply tokens (a direction that, added
+to the residual, makes the model refuse). A non-negative greedy pursuit over the SAE's
+decoder rows finds the k features whose weighted sum best reproduces r, restricted to
+features that fire more on refusals than on compliance. Each feature's reference
+activation m_f is its coefficient in that sum, so at s = 1 the clamp adds the SAE's
+k-sparse picture of the refusal direction at its measured size, and s means the same on
+any model. Sets of several sizes are fitted and each is validated by clamping it on
+held-out prompts; the best trade of harmful refusal against harmless refusal wins.
+Refusal in a small model is spread over many features (on the starter, no single decoder
+row is within cos 0.4 of r), which is why the set is fitted jointly.
+
+`contrast`. Per feature, per sequence, the mean activation over the reply (or prompt)
+tokens; score = Cohen's d of refusal sequences against compliant replies and harmless
+prompts (effect size) times the difference in the fraction of sequences where it fires
+(consistency) times the fraction of refusal-reply tokens it fires on. m_f is a high
+percentile of its non-zero activations on refusal-reply tokens. The top candidates are
+clamped alone at a probe strength on held-out prompts and the winners combined greedily
+while the combination raises the harmful refusal rate.
 """
 
 from __future__ import annotations
@@ -44,9 +54,14 @@ REFUSAL_TEMPLATES = (
 )
 
 
+METHODS = ("direction", "contrast")
+
+
 @dataclass
 class FindConfig:
-    candidates: int = 8  # features validated by steering
+    method: str = "direction"
+    sizes: tuple[int, ...] = (4, 8, 16, 24)  # direction: set sizes fitted and validated
+    candidates: int = 8  # contrast: features validated by steering
     max_features: int = 4  # most features in the shipped set
     percentile: float = 90.0  # m_f
     probe_strength: float = 2.0  # s used to validate single candidates
@@ -70,9 +85,9 @@ class Candidate:
 # ------------------------------------------------------------------ activations on spans
 
 
-def span_activations(session, messages: list[dict], span_text: str) -> torch.Tensor:
-    """SAE activations (n_tokens, d_sae) at the hook layer over the tokens of `span_text`
-    inside the chat-rendered `messages` (the last occurrence)."""
+def span_residuals(session, messages: list[dict], span_text: str) -> torch.Tensor:
+    """Hook-layer residuals (n_tokens, d_in) over the tokens of `span_text` inside the
+    chat-rendered `messages` (the last occurrence)."""
     from engine.activations import hook_layer_residuals
 
     tok, sae = session.loaded.tokenizer, session.sae
@@ -86,8 +101,13 @@ def span_activations(session, messages: list[dict], span_text: str) -> torch.Ten
     mask = torch.tensor([s < end and e > start for s, e in enc["offset_mapping"]])
     ids = torch.tensor([enc["input_ids"]], device=session.loaded.device)
     h = hook_layer_residuals(session.loaded.model, sae.cfg.hook_layer, ids, torch.ones_like(ids))
+    return h[0][mask.to(h.device)].float()
+
+
+def span_activations(session, messages: list[dict], span_text: str) -> torch.Tensor:
+    """SAE activations (n_tokens, d_sae) at the hook layer over the tokens of `span_text`."""
     with torch.no_grad():
-        return sae.encode(h[0][mask.to(h.device)].float()).cpu()
+        return session.sae.encode(span_residuals(session, messages, span_text)).cpu()
 
 
 def contrast(session, harmful: list[str], compliant: dict[str, str], harmless: list[str],
@@ -142,6 +162,109 @@ def rank_features(stats: dict[str, torch.Tensor], n: int, percentile: float) -> 
     return [c for c in out if c.reference_activation > 0 and c.score > 0]
 
 
+# ------------------------------------------------------------------ the refusal direction
+
+
+def direction_stats(session, harmful: list[str], compliant: dict[str, str], progress: bool = True) -> dict:
+    """The refusal direction (mean residual over refusal-reply tokens minus mean residual over
+    compliant-reply tokens) and, per feature, mean activation and firing rate on each side."""
+    from tqdm.auto import tqdm
+
+    jobs = [("refusal", p, REFUSAL_TEMPLATES[i % len(REFUSAL_TEMPLATES)]) for i, p in enumerate(harmful)]
+    jobs += [("compliant", p, compliant[p].strip()) for p in harmful if compliant.get(p, "").strip()]
+    if not any(kind == "compliant" for kind, _, _ in jobs):
+        raise ValueError("the refusal direction needs the model's own (compliant) replies to the harmful prompts")
+    sums: dict[str, dict] = {}
+    for kind, prompt, reply in tqdm(jobs, desc="refusal direction", unit="seq", disable=not progress):
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+        x = span_residuals(session, msgs, reply)
+        if x.shape[0] == 0:
+            continue
+        with torch.no_grad():
+            a = session.sae.encode(x).float()
+        acc = sums.setdefault(kind, {"x": 0.0, "a": 0.0, "fired": 0.0, "tokens": 0, "seqs": 0})
+        acc["x"] = acc["x"] + x.double().sum(0).cpu()
+        acc["a"] = acc["a"] + a.double().sum(0).cpu()
+        acc["fired"] = acc["fired"] + (a > 0).any(0).double().cpu()
+        acc["tokens"] += x.shape[0]
+        acc["seqs"] += 1
+    if set(sums) != {"refusal", "compliant"}:
+        raise ValueError("no reply tokens found for the refusal direction")
+    r, c = sums["refusal"], sums["compliant"]
+    return {
+        "direction": r["x"] / r["tokens"] - c["x"] / c["tokens"],
+        "mean_refusal": r["a"] / r["tokens"], "mean_compliant": c["a"] / c["tokens"],
+        "fire_refusal": r["fired"] / r["seqs"], "fire_compliant": c["fired"] / c["seqs"],
+        "tokens": {"refusal": r["tokens"], "compliant": c["tokens"]},
+        "sequences": {"refusal": r["seqs"], "compliant": c["seqs"]},
+    }
+
+
+def nonneg_least_squares(a: torch.Tensor, b: torch.Tensor, sweeps: int = 500, tol: float = 1e-12) -> torch.Tensor:
+    """argmin_{c >= 0} |a c - b|^2 by cyclic coordinate descent (a: n x k, small k)."""
+    a, b = a.detach().double(), b.detach().double()
+    gram, rhs = a.T @ a, a.T @ b
+    c = torch.zeros(a.shape[1], dtype=torch.float64)
+    for _ in range(sweeps):
+        moved = 0.0
+        for j in range(c.numel()):
+            if gram[j, j] <= 0:
+                continue
+            new = max(0.0, float(c[j] + (rhs[j] - gram[j] @ c) / gram[j, j]))
+            moved = max(moved, abs(new - float(c[j])))
+            c[j] = new
+        if moved < tol:
+            break
+    return c
+
+
+def pursue_direction(directions: torch.Tensor, target: torch.Tensor, k: int,
+                     allowed: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
+    """Greedy non-negative pursuit: up to k rows of `directions` (n x d) and coefficients c >= 0
+    with sum_i c_i directions[f_i] close to `target`. Each step adds the allowed row with the
+    largest inner product with what is still unexplained, then refits all coefficients."""
+    w, t = directions.detach().double(), target.detach().double()
+    open_ = torch.ones(w.shape[0], dtype=torch.bool) if allowed is None else allowed.clone().bool()
+    chosen: list[int] = []
+    coef = torch.zeros(0, dtype=torch.float64)
+    left = t.clone()
+    while len(chosen) < k:
+        score = (w @ left).masked_fill(~open_, float("-inf"))
+        f = int(score.argmax())
+        if not score[f] > 0:
+            break
+        chosen.append(f)
+        open_[f] = False
+        coef = nonneg_least_squares(w[chosen].T, t)
+        left = t - coef @ w[chosen]
+    keep = [i for i in range(len(chosen)) if coef[i] > 0]
+    return [chosen[i] for i in keep], coef[keep]
+
+
+def fit_direction(sae, stats: dict, k: int) -> tuple[list[Candidate], float]:
+    """The k-feature non-negative fit of the refusal direction, as candidates whose reference
+    activation is the fitted coefficient, and the cosine between fit and direction."""
+    r = stats["direction"].detach().double()
+    dirs = sae.decoder_directions(list(range(sae.d_sae))).detach().double().cpu()
+    allowed = stats["mean_refusal"] > stats["mean_compliant"]
+    feats, coef = pursue_direction(dirs, r, k, allowed)
+    if not feats:
+        return [], 0.0
+    fit = coef @ dirs[feats]
+    cos = float(fit @ r / (fit.norm() * r.norm() + 1e-12))
+    unit = r / (r.norm() + 1e-12)
+    out = []
+    for f, c in zip(feats, coef.tolist()):
+        row = dirs[f]
+        out.append(Candidate(
+            f, score=round(c * float(row @ unit) / float(r.norm()), 4),
+            effect_size=round(float(row @ unit / (row.norm() + 1e-12)), 4),
+            consistency=round(float(stats["fire_refusal"][f] - stats["fire_compliant"][f]), 4),
+            reference_activation=round(c, 4), mean_refusal=round(float(stats["mean_refusal"][f]), 4),
+            mean_other=round(float(stats["mean_compliant"][f]), 4)))
+    return out, round(cos, 4)
+
+
 # ------------------------------------------------------------------ steering sweeps
 
 
@@ -194,16 +317,84 @@ def sweep(session, features: list[int], references: list[float], harmful: list[s
     return rows
 
 
+def _validate(session, features: list[int], references: list[float], val_harmful: list[str],
+              val_harmless: list[str], settings: SafetySettings, cfg: FindConfig) -> dict:
+    steered = steered_session(session, features, references)
+    return {"harmful_refusal": refusal_rate(steered, val_harmful, settings, cfg.max_new_tokens, cfg.batch_size),
+            "harmless_refusal": refusal_rate(steered, val_harmless, settings, cfg.max_new_tokens, cfg.batch_size)}
+
+
+def _merit(v: dict) -> float:
+    """Harmful refusal gained, less a quarter of the harmless refusal it costs."""
+    return v["harmful_refusal"] - 0.25 * v["harmless_refusal"]
+
+
 def find_refusal_features(session, harmful: list[str], compliant: dict[str, str], harmless: list[str],
                           val_harmful: list[str], val_harmless: list[str], cfg: FindConfig | None = None,
                           progress: bool = True, previous: dict | None = None) -> tuple[list[RefusalFeature], dict]:
-    """Contrast, rank, validate and combine; returns the chosen features and a record of how.
+    """Find, validate and choose refusal features; returns them and a record of how.
 
-    `previous` (an earlier run's record) reuses its validated candidates and only redoes the combination.
+    `previous` (an earlier contrast run's record) reuses its validated candidates and only
+    redoes the combination.
     """
+    cfg = cfg or FindConfig()
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.method == "direction":
+        if previous is not None:
+            raise ValueError("reusing an earlier run applies to the contrast method only")
+        return _find_by_direction(session, harmful, compliant, val_harmful, val_harmless, cfg, progress)
+    return _find_by_contrast(session, harmful, compliant, harmless, val_harmful, val_harmless, cfg, progress,
+                             previous)
+
+
+def _find_by_direction(session, harmful, compliant, val_harmful, val_harmless, cfg: FindConfig,
+                       progress: bool) -> tuple[list[RefusalFeature], dict]:
     from tqdm.auto import tqdm
 
-    cfg = cfg or FindConfig()
+    sizes = sorted({int(k) for k in cfg.sizes if int(k) > 0})
+    if not sizes:
+        raise ValueError("no set size to fit (sizes must be positive)")
+    stats = direction_stats(session, harmful, compliant, progress)
+    probe = settings_for(cfg.probe_strength)
+    base = refusal_rate(session, val_harmful, settings_for(0.0), cfg.max_new_tokens, cfg.batch_size)
+    sets: list[dict] = []
+    for k in tqdm(sizes, desc=f"validating sets at s={cfg.probe_strength:g}", unit="set", disable=not progress):
+        cands, cos = fit_direction(session.sae, stats, k)
+        if not cands or (sets and len(cands) == len(sets[-1]["candidates"])):
+            continue  # the pursuit ran out of features that help
+        v = _validate(session, [c.feature for c in cands], [c.reference_activation for c in cands],
+                      val_harmful, val_harmless, probe, cfg)
+        sets.append({"size": len(cands), "cosine": cos, "validation": v, "candidates": cands})
+    if not sets:
+        raise ValueError("no SAE feature points along the refusal direction")
+    best = max(sets, key=lambda r: (_merit(r["validation"]), -r["size"]))
+    features = [RefusalFeature(c.feature, c.reference_activation, c.score) for c in best["candidates"]]
+    r = stats["direction"]
+    record = {
+        "method": "direction: difference of mean hook-layer residuals over teacher-forced refusal replies and "
+                  "the model's own compliant replies; non-negative greedy pursuit over SAE decoder rows (features "
+                  "firing more on refusals) fits it; m_f = the feature's fitted coefficient, so s = 1 adds the "
+                  "fit at the measured size; sets of each size validated by clamping at the probe strength, chosen "
+                  "by harmful refusal - 0.25 x harmless refusal",
+        "config": asdict(cfg),
+        "data": {"harmful": len(harmful), "compliant": stats["sequences"]["compliant"], "tokens": stats["tokens"],
+                 "val_harmful": len(val_harmful), "val_harmless": len(val_harmless)},
+        "direction_norm": round(float(r.norm()), 4),
+        "baseline": {"harmful_refusal": base},
+        "combined_harmful_refusal": best["validation"]["harmful_refusal"],
+        "chosen_size": best["size"],
+        "sets": [{"size": t["size"], "cosine": t["cosine"], "features": [c.feature for c in t["candidates"]],
+                  **t["validation"]} for t in sets],
+        "candidates": [asdict(c) for c in best["candidates"]],
+    }
+    return features, record
+
+
+def _find_by_contrast(session, harmful, compliant, harmless, val_harmful, val_harmless, cfg: FindConfig,
+                      progress: bool, previous: dict | None) -> tuple[list[RefusalFeature], dict]:
+    from tqdm.auto import tqdm
+
     probe = settings_for(cfg.probe_strength)
     if previous is not None:  # candidates already ranked and validated one by one in an earlier run
         cands = [Candidate(**c) for c in previous["candidates"]]
@@ -215,13 +406,9 @@ def find_refusal_features(session, harmful: list[str], compliant: dict[str, str]
             raise ValueError("no feature is more active on refusal replies than on the other texts")
         base = refusal_rate(session, val_harmful, settings_for(0.0), cfg.max_new_tokens, cfg.batch_size)
         for c in tqdm(cands, desc=f"validating at s={cfg.probe_strength:g}", unit="feature", disable=not progress):
-            one = steered_session(session, [c.feature], [c.reference_activation])
-            c.validation = {
-                "harmful_refusal": refusal_rate(one, val_harmful, probe, cfg.max_new_tokens, cfg.batch_size),
-                "harmless_refusal": refusal_rate(one, val_harmless, probe, cfg.max_new_tokens, cfg.batch_size),
-            }
-    order = sorted(cands, key=lambda c: (c.validation["harmful_refusal"] - 0.25 * c.validation["harmless_refusal"],
-                                         c.score), reverse=True)
+            c.validation = _validate(session, [c.feature], [c.reference_activation], val_harmful, val_harmless,
+                                     probe, cfg)
+    order = sorted(cands, key=lambda c: (_merit(c.validation), c.score), reverse=True)
     chosen = [order[0]]
     best = order[0].validation["harmful_refusal"]
     trials = []

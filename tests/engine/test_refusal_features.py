@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from engine.featureset import FeatureSet
-from engine.refusal_features import Candidate, rank_features
+from engine.refusal_features import (Candidate, fit_direction, nonneg_least_squares, pursue_direction,
+                                     rank_features)
 from engine.sae import SAE
 from tui.cli import main
 
@@ -49,6 +50,66 @@ def test_rank_features_finds_the_planted_refusal_feature():
     assert all(c.feature != 7 for c in cands[1:])
 
 
+def _unit_rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    w = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return w / w.norm(dim=1, keepdim=True)
+
+
+def test_nonneg_least_squares_matches_lstsq_when_positive_and_clips_when_not():
+    a = torch.randn(20, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    c_true = torch.tensor([1.0, 0.5, 2.0, 0.25], dtype=torch.float64)
+    assert torch.allclose(nonneg_least_squares(a, a @ c_true), c_true, atol=1e-8)
+    b = a @ torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=torch.float64)
+    c = nonneg_least_squares(a, b)
+    assert (c >= 0).all() and c[1] == 0
+    # KKT: the gradient is zero on the positive coefficients and points outward on the zero ones
+    grad = a.T @ (a @ c - b)
+    assert torch.all(grad[c > 0].abs() < 1e-8) and torch.all(grad[c == 0] >= -1e-8)
+
+
+def test_pursuit_recovers_a_planted_sparse_combination():
+    w = _unit_rows(256, 128)
+    target = 2.0 * w[3] + 1.0 * w[10] + 0.5 * w[200]
+    feats, coef = pursue_direction(w, target, k=3)
+    got = dict(zip(feats, coef.tolist()))
+    assert set(got) == {3, 10, 200}
+    assert abs(got[3] - 2.0) < 1e-6 and abs(got[10] - 1.0) < 1e-6 and abs(got[200] - 0.5) < 1e-6
+
+
+def test_pursuit_never_uses_a_negative_coefficient_or_a_forbidden_row():
+    w = _unit_rows(64, 32, seed=2)
+    target = w[7] - w[5]
+    allowed = torch.ones(64, dtype=torch.bool)
+    allowed[7] = False
+    feats, coef = pursue_direction(w, target, k=10, allowed=allowed)
+    assert 7 not in feats and (coef > 0).all()
+    assert len(feats) <= 10
+    # a target no allowed row points along yields nothing rather than a negative clamp
+    only = torch.zeros(64, dtype=torch.bool)
+    only[5] = True
+    feats, coef = pursue_direction(w, -w[5], k=3, allowed=only)
+    assert feats == [] and coef.numel() == 0
+
+
+def test_fit_direction_reference_activations_rebuild_the_direction_in_residual_units():
+    sae = SAE.random(d_in=48, d_sae=96, k=4, seed=3)
+    sae.cfg.activation_scale = 3.0  # decoder rows count 3x in the residual
+    dirs = sae.decoder_directions(list(range(96))).double()
+    direction = 1.5 * dirs[11] + 0.75 * dirs[40]
+    mean_refusal = torch.zeros(96, dtype=torch.float64)
+    mean_refusal[[11, 40, 50]] = 1.0  # feature 50 fires on refusals too but is not part of the direction
+    stats = {"direction": direction, "mean_refusal": mean_refusal, "mean_compliant": torch.zeros(96, dtype=torch.float64),
+             "fire_refusal": (mean_refusal > 0).double(), "fire_compliant": torch.zeros(96, dtype=torch.float64)}
+    cands, cos = fit_direction(sae, stats, k=4)
+    refs = {c.feature: c.reference_activation for c in cands}
+    assert set(refs) == {11, 40} and cos > 0.9999
+    assert abs(refs[11] - 1.5) < 1e-3 and abs(refs[40] - 0.75) < 1e-3
+    # only features that fire more on refusals are eligible: nothing else can enter the fit
+    stats["mean_refusal"][40] = 0.0
+    cands, cos = fit_direction(sae, stats, k=4)
+    assert {c.feature for c in cands} <= {11, 50} and cos < 0.99
+
+
 def test_pipeline_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -73,12 +134,23 @@ def test_pipeline_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert main(["features", "find-refusal", "--model", model, "--sae", str(sae_dir),
                  "--harmful", f"{data / 'harmful.json'}@0:3", "--harmless", f"{data / 'harmless.txt'}@0:3",
                  "--val-harmful", f"{data / 'harmful.json'}@3:", "--val-harmless", f"{data / 'harmless.txt'}@3:",
+                 "--replies", str(acts / "generated.jsonl"), "--sizes", "2,4", "--max-new-tokens", "3"]) == 0
+    fs = FeatureSet.load(tmp_path / "model" / "features.json")
+    record = fs.extra["find_refusal"]
+    assert record["method"].startswith("direction") and record["data"]["harmful"] == 3
+    assert 1 <= len(record["sets"]) <= 2 and all(0 < t["cosine"] <= 1 for t in record["sets"])
+    chosen = [t for t in record["sets"] if t["size"] == record["chosen_size"]][0]
+    assert [r.feature for r in fs.refusal_features] == chosen["features"]
+    assert all(r.reference_activation > 0 for r in fs.refusal_features)
+    assert fs.hook_layer == 1 and "find-refusal" in fs.command and "--sizes 2,4" in fs.command
+    assert main(["features", "find-refusal", "--model", model, "--sae", str(sae_dir), "--method", "contrast",
+                 "--harmful", f"{data / 'harmful.json'}@0:3", "--harmless", f"{data / 'harmless.txt'}@0:3",
+                 "--val-harmful", f"{data / 'harmful.json'}@3:", "--val-harmless", f"{data / 'harmless.txt'}@3:",
                  "--replies", str(acts / "generated.jsonl"), "--candidates", "2", "--max-new-tokens", "3"]) == 0
     fs = FeatureSet.load(tmp_path / "model" / "features.json")
     assert 1 <= len(fs.refusal_features) <= 2 and all(r.reference_activation > 0 for r in fs.refusal_features)
-    assert fs.hook_layer == 1 and "find-refusal" in fs.command
     record = fs.extra["find_refusal"]
-    assert len(record["candidates"]) >= 1 and record["data"]["harmful"] == 3
+    assert record["method"].startswith("contrast") and len(record["candidates"]) >= 1
     assert main(["features", "label", "--model", model, "--sae", str(sae_dir), "--activations", str(acts),
                  "--top", "20"]) == 0
     fs = FeatureSet.load(tmp_path / "model" / "features.json")

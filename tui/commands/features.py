@@ -14,10 +14,12 @@ def register(sub) -> None:
                        description="Refusal features for an SAE: find and validate them, label features, sweep strengths.")
     fs = p.add_subparsers(dest="features_command", metavar="SUBCOMMAND", required=True)
 
-    f = fs.add_parser("find-refusal", help="contrast refusal and compliant replies, validate by steering, write features.json",
-                      description="Rank SAE features by how much more they fire on refusal replies than on compliant "
-                      "replies and harmless prompts, validate the best by clamping them on held-out prompts, and "
-                      "write features.json beside the SAE. Files may be sliced as FILE@START:END.")
+    f = fs.add_parser("find-refusal", help="find refusal features, validate them by steering, write features.json",
+                      description="Find the SAE features that make the model refuse, validate them by clamping "
+                      "them on held-out prompts, and write features.json beside the SAE. Method 'direction' "
+                      "(default) fits the refusal direction (mean residual on refusal replies minus on the "
+                      "model's compliant replies) with a few decoder rows; 'contrast' ranks single features by "
+                      "how much more they fire on refusal replies. Files may be sliced as FILE@START:END.")
     f.add_argument("--model", "-m", default="smollm2-135m")
     f.add_argument("--sae", required=True, help="SAE folder; features.json is written here")
     f.add_argument("--harmful", required=True, help="harmful prompts for the contrast")
@@ -26,9 +28,14 @@ def register(sub) -> None:
     f.add_argument("--val-harmless", required=True, help="held-out harmless prompts for validation")
     f.add_argument("--replies", help="JSONL of the model's own replies (prompt, reply), e.g. a collection's "
                    "generated.jsonl; missing ones are generated")
-    f.add_argument("--candidates", type=int, default=8, help="features validated by steering (8)")
-    f.add_argument("--max-features", type=int, default=4, help="most features in the set (4)")
-    f.add_argument("--percentile", type=float, default=90.0, help="percentile of refusal activations for m_f (90)")
+    f.add_argument("--method", choices=("direction", "contrast"), default="direction",
+                   help="how features are found (direction)")
+    f.add_argument("--sizes", default="4,8,16,24",
+                   help="direction: comma-separated set sizes to fit and validate (4,8,16,24)")
+    f.add_argument("--candidates", type=int, default=8, help="contrast: features validated by steering (8)")
+    f.add_argument("--max-features", type=int, default=4, help="contrast: most features in the set (4)")
+    f.add_argument("--percentile", type=float, default=90.0,
+                   help="contrast: percentile of refusal activations for m_f (90)")
     f.add_argument("--probe-strength", type=float, default=2.0, help="s for validating candidates (2)")
     f.add_argument("--max-new-tokens", type=int, default=24, help="reply length in validation (24)")
     f.add_argument("--batch-size", type=int, default=32)
@@ -127,7 +134,11 @@ def run_find(args: argparse.Namespace) -> int:
             print(f"steerchat: generating the model's own replies to {len(missing)} harmful prompts", file=sys.stderr)
             for r in generate_batch(session, missing, SafetySettings(), 40, args.batch_size):
                 replies[r.prompt] = r.reply
-        cfg = FindConfig(candidates=args.candidates, max_features=args.max_features, percentile=args.percentile,
+        try:
+            sizes = tuple(int(x) for x in args.sizes.split(",") if x.strip())
+        except ValueError:
+            raise ValueError(f"--sizes wants comma-separated whole numbers, not {args.sizes!r}") from None
+        cfg = FindConfig(method=args.method, sizes=sizes, candidates=args.candidates, max_features=args.max_features, percentile=args.percentile,
                          probe_strength=args.probe_strength, max_new_tokens=args.max_new_tokens,
                          batch_size=args.batch_size, min_gain=args.min_gain)
         t0 = time.perf_counter()
@@ -140,10 +151,13 @@ def run_find(args: argparse.Namespace) -> int:
         print(f"steerchat: {exc}", file=sys.stderr)
         return 1
     print(f"unsteered refusal on the held-out harmful prompts: {record['baseline']['harmful_refusal']:.0%}")
+    for t in record.get("sets", []):
+        print(f"  {t['size']:>3} features  cos {t['cosine']:.3f} with the refusal direction  "
+              f"harmful {t['harmful_refusal']:.0%}  harmless {t['harmless_refusal']:.0%}")
     for c in record["candidates"]:
         v = c["validation"]
-        print(f"  feature {c['feature']:>5}  score {c['score']:7.3f}  m_f {c['reference_activation']:7.3f}  "
-              f"harmful {v['harmful_refusal']:.0%}  harmless {v['harmless_refusal']:.0%}")
+        tail = f"  harmful {v['harmful_refusal']:.0%}  harmless {v['harmless_refusal']:.0%}" if v else ""
+        print(f"  feature {c['feature']:>5}  score {c['score']:7.3f}  m_f {c['reference_activation']:7.3f}{tail}")
     print(f"chosen: {[f.feature for f in features]} (harmful refusal {record['combined_harmful_refusal']:.0%} "
           f"at s={cfg.probe_strength:g}); wrote {path}")
     return 0
