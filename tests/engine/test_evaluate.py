@@ -243,3 +243,16 @@ def test_plot_writes_a_png(tmp_path):
         r["escalation_compliance"] = 0.5
     path = plot_sweep(rows, tmp_path / "sweep.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_limit_flag_takes_one_number_or_one_per_kind():
+    import argparse
+
+    from tui.commands.eval import DEFAULT_LIMITS, _limits
+
+    assert _limits("7") == {k: 7 for k in DEFAULT_LIMITS}
+    assert _limits("unsafe=0, safe=100") == {"unsafe": 0, "safe": 100}
+    assert _limits("5,mc=2") == {**{k: 5 for k in DEFAULT_LIMITS}, "mc": 2}
+    for bad in ("lots", "unsafe=many", "harmful=3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="KIND=N"):
+            _limits(bad)

@@ -15,6 +15,28 @@ DEFAULT_LIMITS = {"unsafe": 32, "safe": 32, "mc": 40, "math": 12, "escalation": 
 DEFAULT_STRENGTHS = "0,1,2,3"
 
 
+def _limits(text: str) -> dict[str, int]:
+    """`--limit`: N for every kind of set, or KIND=N pairs (the kinds not named keep their default)."""
+    out: dict[str, int] = {}
+    try:
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            kind, eq, n = part.rpartition("=")
+            if not eq:
+                out.update({k: int(n) for k in DEFAULT_LIMITS})
+            elif kind.strip() in DEFAULT_LIMITS:
+                out[kind.strip()] = int(n)
+            else:
+                raise ValueError
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected N or KIND=N,... with KIND one of {', '.join(DEFAULT_LIMITS)}") from None
+    return out
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="sweep steering settings: unsafe/safe refusal, capability, escalation; calibrate levels",
@@ -45,9 +67,9 @@ def register(sub) -> None:
     d.add_argument("--mc", help="multiple choice: MMLU CSV or JSONL (question, choices, answer)")
     d.add_argument("--math", help="GSM8K-style JSONL (answer ends in '#### N')")
     d.add_argument("--escalation", help="escalation scripts JSONL (id, goal, turns)")
-    d.add_argument("--limit", type=int, default=None,
-                   help="items per set (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LIMITS.items())
-                   + "); 0 for all")
+    d.add_argument("--limit", type=_limits, default=None,
+                   help="items per set, as N for every set or KIND=N,... (default: "
+                   + ", ".join(f"{k} {v}" for k, v in DEFAULT_LIMITS.items()) + "); 0 for all")
     r = p.add_argument_group("running")
     r.add_argument("--out", default=None, help="output folder (default ./steerchat-eval/<model>)")
     r.add_argument("--restart", action="store_true", help="discard earlier results in --out instead of resuming")
@@ -174,7 +196,8 @@ def _run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    sets = [subsample(s, args.limit if args.limit is not None else DEFAULT_LIMITS[s.kind], args.seed) for s in sets]
+    limits = {**DEFAULT_LIMITS, **(args.limit or {})}
+    sets = [subsample(s, limits[s.kind], args.seed) for s in sets]
     session = _open(args)
     if args.fit_gate:
         _fit_gate(args, session)
