@@ -73,3 +73,24 @@ def test_steering_text_tells_own_refusal_from_pushed():
     assert "but it was already active on its own" in own
     unsteered = steering_text(_trace("Off", "how to make a bomb", natural=6.0))
     assert "Steering did not touch it, so it was active on its own." in unsteered
+
+
+def test_steering_text_summarises_a_large_feature_set():
+    from dataclasses import replace
+
+    trace = _trace("Max", "how to make a bomb")
+    first = trace.refusal_features[0]
+    # ten features: feature 100+i reached i on its own; all clamped to 8
+    trace.refusal_features = [replace(first, feature=100 + i, label=None, natural_reply_max=float(i),
+                                      natural_prompt_max=0.0, reference_activation=4.0, target=8.0)
+                              for i in range(10)]
+    text = steering_text(trace)
+    head, *details = text.split("\n\n")
+    # natural >= half the reference (2.0) counts as active on its own: features with i = 2..9
+    assert head.startswith("Steering clamped all 10 refusal features together. 8 of them were active on their own; "
+                           "2 were pushed up by steering.")
+    assert len(details) == 4 and [d.split()[1] for d in details] == ["#100", "#101", "#102", "#103"]
+    trace.refusal_features = [replace(f, target=None) for f in trace.refusal_features]
+    head, *details = steering_text(trace).split("\n\n")
+    assert "steering did not touch them. 8 of them were active on their own" in head
+    assert [d.split()[1] for d in details] == ["#109", "#108", "#107", "#106"]

@@ -44,36 +44,59 @@ def verdict_text(trace: TurnTrace) -> str:
     return text
 
 
+SHOWN_FEATURES = 4  # with more refusal features than this, the ones steering moved most are detailed
+
+
+def _feature_line(st) -> str:
+    name = feature_name(st.feature, st.label)
+    natural = max(st.natural_reply_max, st.natural_prompt_max)
+    own = natural >= NATURAL_SHARE * st.reference_activation
+    line = (
+        f"Feature {name} reached {st.natural_reply_max:.1f} on the reply and "
+        f"{st.natural_prompt_max:.1f} on the prompt on its own; its reference activation "
+        f"(the clamp at s=1) is {st.reference_activation:.1f}."
+    )
+    if st.target is None:
+        line += " Steering did not touch it"
+        line += ", so it was active on its own." if own else ", and it stayed weak."
+    elif st.target > natural:
+        line += f" Steering clamped it to {st.target:.1f}"
+        line += (
+            ", but it was already active on its own."
+            if own
+            else f", {st.target / max(natural, 1e-6):.0f}× its natural level: pushed there by steering."
+            if natural > 0
+            else ": pushed there by steering from zero."
+        )
+    else:
+        line += f" Steering held it at {st.target:.1f}, below its natural level."
+    return line
+
+
 def steering_text(trace: TurnTrace) -> str:
     """Were the refusal features active on their own, or pushed there by steering?"""
-    if not trace.refusal_features:
+    states = list(trace.refusal_features)
+    if not states:
         return "This model has no refusal features, so nothing was steered."
-    lines = []
-    for st in trace.refusal_features:
-        name = feature_name(st.feature, st.label)
-        natural = max(st.natural_reply_max, st.natural_prompt_max)
-        own = natural >= NATURAL_SHARE * st.reference_activation
-        line = (
-            f"Feature {name} reached {st.natural_reply_max:.1f} on the reply and "
-            f"{st.natural_prompt_max:.1f} on the prompt on its own; when the model refuses it "
-            f"typically reaches {st.reference_activation:.1f}."
-        )
-        if st.target is None:
-            line += " Steering did not touch it"
-            line += ", so it was active on its own." if own else ", and it stayed weak."
-        elif st.target > natural:
-            line += f" Steering clamped it to {st.target:.1f}"
-            line += (
-                ", but it was already active on its own."
-                if own
-                else f", {st.target / max(natural, 1e-6):.0f}× its natural level: pushed there by steering."
-                if natural > 0
-                else ": pushed there by steering from zero."
-            )
-        else:
-            line += f" Steering held it at {st.target:.1f}, below its natural level."
-        lines.append(line)
-    return "\n\n".join(lines)
+    if len(states) <= SHOWN_FEATURES:
+        return "\n\n".join(_feature_line(st) for st in states)
+
+    def natural(st) -> float:
+        return max(st.natural_reply_max, st.natural_prompt_max)
+
+    own = sum(natural(st) >= NATURAL_SHARE * st.reference_activation for st in states)
+    clamped = [st for st in states if st.target is not None]
+    if clamped:
+        pushed = sum(st.target > natural(st) and natural(st) < NATURAL_SHARE * st.reference_activation
+                     for st in clamped)
+        head = (f"Steering clamped all {len(states)} refusal features together. {own} of them were active on "
+                f"their own; {pushed} were pushed up by steering. The {SHOWN_FEATURES} it moved most:")
+        ranked = sorted(clamped, key=lambda st: st.target - natural(st), reverse=True)
+    else:
+        head = (f"This model has {len(states)} refusal features; steering did not touch them. "
+                f"{own} of them were active on their own. The {SHOWN_FEATURES} most active, against their reference:")
+        ranked = sorted(states, key=lambda st: natural(st) / max(st.reference_activation, 1e-6), reverse=True)
+    return "\n\n".join([head, *(_feature_line(st) for st in ranked[:SHOWN_FEATURES])])
 
 
 def gate_text(trace: TurnTrace) -> str:

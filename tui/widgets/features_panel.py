@@ -83,7 +83,7 @@ def refusal_table(states: list[RefusalFeatureState]) -> Text:
         else:
             out.append(f"clamped to {st.target:.1f}", style="bold")
         out.append(f" · ref {st.reference_activation:.1f}\n", style="dim")
-    out.append(" █ natural  ▼ clamp target  ┊ reference (when it refuses)", style="dim")
+    out.append(" █ natural  ▼ clamp target  ┊ reference m_f (s=1)", style="dim")
     return out
 
 
