@@ -132,7 +132,7 @@ def test_pipeline_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert report["steps"] == 200 and report["explained_variance"] > 0.3
     assert report["ce_with_sae"] >= report["ce_clean"] - 0.5 and "loss_recovered" in report
     assert main(["features", "find-refusal", "--model", model, "--sae", str(sae_dir),
-                 "--harmful", f"{data / 'harmful.json'}@0:3", "--harmless", f"{data / 'harmless.txt'}@0:3",
+                 "--harmful", f"{data / 'harmful.json'}@0:3",
                  "--val-harmful", f"{data / 'harmful.json'}@3:", "--val-harmless", f"{data / 'harmless.txt'}@3:",
                  "--replies", str(acts / "generated.jsonl"), "--sizes", "2,4", "--max-new-tokens", "3"]) == 0
     fs = FeatureSet.load(tmp_path / "model" / "features.json")
@@ -143,6 +143,9 @@ def test_pipeline_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert [r.feature for r in fs.refusal_features] == chosen["features"]
     assert all(r.reference_activation > 0 for r in fs.refusal_features)
     assert fs.hook_layer == 1 and "find-refusal" in fs.command and "--sizes 2,4" in fs.command
+    assert main(["features", "find-refusal", "--model", model, "--sae", str(sae_dir), "--method", "contrast",
+                 "--harmful", f"{data / 'harmful.json'}@0:3", "--val-harmful", f"{data / 'harmful.json'}@3:",
+                 "--val-harmless", f"{data / 'harmless.txt'}@3:"]) == 1  # contrast needs --harmless
     assert main(["features", "find-refusal", "--model", model, "--sae", str(sae_dir), "--method", "contrast",
                  "--harmful", f"{data / 'harmful.json'}@0:3", "--harmless", f"{data / 'harmless.txt'}@0:3",
                  "--val-harmful", f"{data / 'harmful.json'}@3:", "--val-harmless", f"{data / 'harmless.txt'}@3:",

@@ -23,7 +23,7 @@ def register(sub) -> None:
     f.add_argument("--model", "-m", default="smollm2-135m")
     f.add_argument("--sae", required=True, help="SAE folder; features.json is written here")
     f.add_argument("--harmful", required=True, help="harmful prompts for the contrast")
-    f.add_argument("--harmless", required=True, help="harmless prompts for the contrast")
+    f.add_argument("--harmless", help="contrast: harmless prompts to contrast with (the direction method does not use them)")
     f.add_argument("--val-harmful", required=True, help="held-out harmful prompts for validation")
     f.add_argument("--val-harmless", required=True, help="held-out harmless prompts for validation")
     f.add_argument("--replies", help="JSONL of the model's own replies (prompt, reply), e.g. a collection's "
@@ -115,7 +115,9 @@ def run_find(args: argparse.Namespace) -> int:
     from engine.refusal_features import FindConfig, find_refusal_features, load_replies, write_features
 
     try:
-        harmful, harmless = _prompts(args.harmful), _prompts(args.harmless)
+        if args.method == "contrast" and not args.harmless:
+            raise ValueError("--method contrast needs --harmless prompts to contrast refusals with")
+        harmful, harmless = _prompts(args.harmful), _prompts(args.harmless) if args.harmless else []
         val_h, val_s = _prompts(args.val_harmful), _prompts(args.val_harmless)
         session = _session(args)
         previous = None
