@@ -54,14 +54,14 @@ def _read_prompts(path: Path) -> list[str]:
 
 
 def default_gate_data(shared: Path | None = None, n_harmless: int = 300, seed: int = 0) -> GateData:
-    """Harmful: the shared harmful_train/val sets (if present) plus our subtle harmful list;
-    harmless: a seeded sample of shared harmless_train; hard: our hard-negative list."""
+    """Harmful: the shared harmful_train set (if present) plus our subtle harmful list;
+    harmless: a seeded sample of shared harmless_train; hard: our hard-negative list.
+    harmful_val and harmless_val are left out: they are where steering is measured."""
     harmful = _read_prompts(GATE_DATA / "subtle_harmful.jsonl")
     harmless: list[str] = []
     if shared is not None and shared.is_dir():
-        for name in ("harmful_train.json", "harmful_val.json"):
-            if (shared / name).is_file():
-                harmful += _read_prompts(shared / name)
+        if (shared / "harmful_train.json").is_file():
+            harmful += _read_prompts(shared / "harmful_train.json")
         if (shared / "harmless_train.json").is_file():
             pool = _read_prompts(shared / "harmless_train.json")
             harmless = random.Random(seed).sample(pool, min(n_harmless, len(pool)))

@@ -108,3 +108,19 @@ def test_gate_score_is_max_over_tokens_of_weighted_sum():
     full[0, :, :2] = acts[0]
     score, _ = g.scores(full, torch.ones(1, 3, dtype=torch.bool))
     assert float(score[0]) == pytest.approx(1.5)
+
+
+def test_default_gate_data_keeps_the_validation_sets_out(tmp_path):
+    from engine.harm_gate import default_gate_data
+
+    for name, prompts in {"harmful_train.json": ["train harm 1", "train harm 2"],
+                          "harmful_val.json": ["val harm"],
+                          "harmless_train.json": [f"harmless {i}" for i in range(5)],
+                          "harmless_val.json": ["val harmless"]}.items():
+        (tmp_path / name).write_text(json.dumps([{"instruction": p} for p in prompts]))
+    data = default_gate_data(tmp_path, n_harmless=3)
+    assert {"train harm 1", "train harm 2"} <= set(data.harmful) and "val harm" not in data.harmful
+    assert len(data.harmless) == 3 and all(p.startswith("harmless ") for p in data.harmless)
+    assert data.hard and "val harmless" not in data.hard
+    without = default_gate_data(None)
+    assert without.harmless == [] and "train harm 1" not in without.harmful and without.harmful
