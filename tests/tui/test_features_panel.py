@@ -73,3 +73,20 @@ async def test_selecting_another_turn_shows_its_trace(make_app):
         assert panel.trace.prompt == "a cake recipe"
         await pilot.press("f2")
         assert not panel.display or panel.has_class("-hidden")
+
+
+def test_refusal_table_shows_the_features_steering_moved_most():
+    from engine.trace import RefusalFeatureState
+    from tui.widgets.features_panel import refusal_table
+
+    states = [RefusalFeatureState(100 + i, 1.0, 0.0, float(i), 0.0, 12.0)
+              for i in range(12)]
+    lines = refusal_table(states, rows=3).plain.splitlines()
+    shown = [line.split()[0] for line in lines if line.startswith(" #")]
+    assert shown == ["#100", "#101", "#102"]  # pushed 12, 11, 10 above their natural level
+    assert "… and 9 more refusal features (moved least by steering)" in lines[-2]
+    unclamped = [RefusalFeatureState(200 + i, 2.0, 0.0, float(i), 0.0, None) for i in range(5)]
+    text = refusal_table(unclamped, rows=2).plain
+    assert [line.split()[0] for line in text.splitlines() if line.startswith(" #")] == ["#204", "#203"]
+    assert "3 more refusal features (least active)" in text
+    assert "more refusal features" not in refusal_table(states[:3], rows=3).plain

@@ -24,7 +24,7 @@ from engine.api import ChatSession
 from engine.levels import GuidanceMode, SafetyLevel, SafetySettings
 from engine.trace import TurnTrace
 from tui.sanitize import sanitize
-from tui.widgets.features_panel import feature_name
+from tui.widgets.features_panel import feature_name, natural_activation, rank_refusal_states
 
 NATURAL_SHARE = 0.5  # natural activation ≥ half the reference counts as "active on its own"
 
@@ -81,9 +81,7 @@ def steering_text(trace: TurnTrace) -> str:
     if len(states) <= SHOWN_FEATURES:
         return "\n\n".join(_feature_line(st) for st in states)
 
-    def natural(st) -> float:
-        return max(st.natural_reply_max, st.natural_prompt_max)
-
+    natural = natural_activation
     own = sum(natural(st) >= NATURAL_SHARE * st.reference_activation for st in states)
     clamped = [st for st in states if st.target is not None]
     if clamped:
@@ -91,11 +89,10 @@ def steering_text(trace: TurnTrace) -> str:
                      for st in clamped)
         head = (f"Steering clamped all {len(states)} refusal features together. {own} of them were active on "
                 f"their own; {pushed} were pushed up by steering. The {SHOWN_FEATURES} it moved most:")
-        ranked = sorted(clamped, key=lambda st: st.target - natural(st), reverse=True)
     else:
         head = (f"This model has {len(states)} refusal features; steering did not touch them. "
                 f"{own} of them were active on their own. The {SHOWN_FEATURES} most active, against their reference:")
-        ranked = sorted(states, key=lambda st: natural(st) / max(st.reference_activation, 1e-6), reverse=True)
+    ranked = rank_refusal_states(states)
     return "\n\n".join([head, *(_feature_line(st) for st in ranked[:SHOWN_FEATURES])])
 
 

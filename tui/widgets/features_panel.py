@@ -20,6 +20,7 @@ from tui.sanitize import sanitize
 
 BAR_WIDTH = 10
 NAME_WIDTH = 22
+REFUSAL_ROWS = 8  # refusal features shown in the panel; the rest are counted
 _BLOCKS = " ▏▎▍▌▋▊▉█"
 
 
@@ -60,14 +61,28 @@ def feature_table(title: str, stats: list[FeatureStat], highlight: set[int], lim
     return out
 
 
-def refusal_table(states: list[RefusalFeatureState]) -> Text:
-    """Each refusal feature: natural reply activation as a bar, the clamp target as ▼."""
+def natural_activation(st: RefusalFeatureState) -> float:
+    return max(st.natural_reply_max, st.natural_prompt_max)
+
+
+def rank_refusal_states(states: list[RefusalFeatureState]) -> list[RefusalFeatureState]:
+    """Clamped features by how far steering moved them; unclamped ones by how active they
+    were on their own against their reference. Most telling first."""
+    if any(st.target is not None for st in states):
+        return sorted(states, key=lambda st: (st.target or 0.0) - natural_activation(st), reverse=True)
+    return sorted(states, key=lambda st: natural_activation(st) / max(st.reference_activation, 1e-6), reverse=True)
+
+
+def refusal_table(states: list[RefusalFeatureState], rows: int = REFUSAL_ROWS) -> Text:
+    """Each refusal feature: natural reply activation as a bar, the clamp target as ▼.
+    With more than `rows` features, the most telling `rows` (see rank_refusal_states)."""
     out = Text("Refusal features: natural activation vs clamp target\n", style="bold")
     if not states:
         out.append("  this model has no refusal features", style="dim")
         return out
     width = BAR_WIDTH * 3
-    for st in states:
+    shown = states if len(states) <= rows else rank_refusal_states(states)[:rows]
+    for st in shown:
         scale = max(st.reference_activation, st.target or 0.0, st.natural_reply_max, 1e-6) * 1.1
         cells = list(bar(st.natural_reply_max, scale, width))
         ref_at = min(width - 1, int(st.reference_activation / scale * width))
@@ -83,6 +98,9 @@ def refusal_table(states: list[RefusalFeatureState]) -> Text:
         else:
             out.append(f"clamped to {st.target:.1f}", style="bold")
         out.append(f" · ref {st.reference_activation:.1f}\n", style="dim")
+    if len(states) > len(shown):
+        moved = "moved least by steering" if any(st.target is not None for st in states) else "least active"
+        out.append(f" … and {len(states) - len(shown)} more refusal features ({moved})\n", style="dim")
     out.append(" █ natural  ▼ clamp target  ┊ reference m_f (s=1)", style="dim")
     return out
 
