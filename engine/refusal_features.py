@@ -62,9 +62,9 @@ class FindConfig:
     method: str = "direction"
     sizes: tuple[int, ...] = (4, 8, 16, 24)  # direction: set sizes fitted and validated
     candidates: int = 8  # contrast: features validated by steering
-    max_features: int = 4  # most features in the shipped set
-    percentile: float = 90.0  # m_f
-    probe_strength: float = 2.0  # s used to validate single candidates
+    max_features: int = 4  # contrast: most features in the set
+    percentile: float = 90.0  # contrast: m_f is this percentile of refusal-token activations
+    probe_strength: float = 2.0  # s at which candidates (contrast) or sets (direction) are validated
     max_new_tokens: int = 24
     batch_size: int = 32
     min_gain: float = 0.0  # a feature joins the set if the combination refuses at least this much more
