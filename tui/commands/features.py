@@ -21,8 +21,9 @@ def register(sub) -> None:
                       "model's compliant replies) with a few decoder rows; 'contrast' ranks single features by "
                       "how much more they fire on refusal replies. Files may be sliced as FILE@START:END.")
     f.add_argument("--model", "-m", default="smollm2-135m")
-    f.add_argument("--sae", required=True, help="SAE folder; features.json is written here")
-    f.add_argument("--harmful", required=True, help="harmful prompts for the contrast")
+    f.add_argument("--sae", required=True, help="SAE folder (features.json goes where --out says)")
+    f.add_argument("--harmful", required=True,
+                   help="harmful prompts; a refusal and the model's own reply are read on each")
     f.add_argument("--harmless", help="contrast: harmless prompts to contrast with (the direction method does not use them)")
     f.add_argument("--val-harmful", required=True, help="held-out harmful prompts for validation")
     f.add_argument("--val-harmless", required=True, help="held-out harmless prompts for validation")
@@ -40,8 +41,9 @@ def register(sub) -> None:
     f.add_argument("--max-new-tokens", type=int, default=24, help="reply length in validation (24)")
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--min-gain", type=float, default=0.0,
-                   help="a feature joins the set when the combination's harmful refusal rises by at least this (0)")
-    f.add_argument("--reuse", help="features.json of an earlier run: reuse its ranked and validated candidates, "
+                   help="contrast: a feature joins the set when the combination's harmful refusal rises by at least "
+                   "this (0)")
+    f.add_argument("--reuse", help="contrast: features.json of an earlier run: reuse its ranked and validated candidates, "
                    "redo only the combination")
     f.add_argument("--out", help="folder for features.json (default: the SAE folder's parent if it is called 'sae', "
                    "else the SAE folder)")
