@@ -37,7 +37,7 @@ def register(sub) -> None:
     f.add_argument("--max-features", type=int, default=4, help="contrast: most features in the set (4)")
     f.add_argument("--percentile", type=float, default=90.0,
                    help="contrast: percentile of refusal activations for m_f (90)")
-    f.add_argument("--probe-strength", type=float, default=2.0, help="s for validating candidates (2)")
+    f.add_argument("--probe-strength", type=float, default=2.0, help="s at which candidates (contrast) or sets (direction) are validated (2)")
     f.add_argument("--max-new-tokens", type=int, default=24, help="reply length in validation (24)")
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--min-gain", type=float, default=0.0,
