@@ -28,10 +28,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from engine.loading import load_model
-    from engine.sae import SAE
-    from engine.session import resolve_features, resolve_sae
-    from engine.steering import ClampRequest, SteeringHook
+    from steerchat.engine.runtime.loading import load_model
+    from steerchat.engine.runtime.sae import SAE
+    from steerchat.engine.runtime.session import resolve_features, resolve_sae
+    from steerchat.engine.runtime.steering import ClampRequest, SteeringHook
 
     lm = load_model(args.model)
     folder = resolve_sae(args.sae, lm)

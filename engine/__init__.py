@@ -9,20 +9,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from engine.api import EngineError, LoadProgress, ModelNotAvailable, SAEFileError, SamplingSettings
-from engine.levels import DEFAULT_LEVELS, GuidanceMode, LevelScale, SafetyLevel, SafetySettings
-from engine.trace import TurnTrace
+from steerchat.engine.core.api import EngineError, LoadProgress, ModelNotAvailable, SAEFileError, SamplingSettings
+from steerchat.engine.core.levels import DEFAULT_LEVELS, GuidanceMode, LevelScale, SafetyLevel, SafetySettings
+from steerchat.engine.core.trace import TurnTrace
 
 if TYPE_CHECKING:
-    from engine.sae import SAE
-    from engine.session import Session, open_session
+    from steerchat.engine.runtime.sae import SAE
+    from steerchat.engine.runtime.session import Session, open_session
 
 _LAZY = {
-    "SAE": "engine.sae",
-    "Session": "engine.session",
-    "open_session": "engine.session",
-    "SteeringHook": "engine.steering",
-    "judge_refusal": "engine.refusal",
+    "SAE": "steerchat.engine.runtime.sae",
+    "Session": "steerchat.engine.runtime.session",
+    "open_session": "steerchat.engine.runtime.session",
+    "SteeringHook": "steerchat.engine.runtime.steering",
+    "judge_refusal": "steerchat.engine.runtime.judge",
 }
 
 __all__ = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from engine.sae import SAE
-from engine.featureset import FeatureSet, RefusalFeature
-from tui.cli import main
+from steerchat.engine.runtime.sae import SAE
+from steerchat.engine.core.featureset import FeatureSet, RefusalFeature
+from steerchat.cli.main import main
 
 
 def test_ask_json_prints_a_full_trace(tiny_model_dir, tmp_path, capsys):

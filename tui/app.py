@@ -15,21 +15,21 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 
-from engine.api import ChatSession, EngineError, LoadProgress, ModelNotAvailable
-from engine.levels import DEFAULT_LEVELS
-from engine.paths import get_paths
-from tui.config import Config, load_config, merge_overrides, save_config
-from tui.sanitize import sanitize
-from tui.screens.chat import ChatScreen
-from tui.screens.loading import LoadingScreen
-from tui.store import Store
+from steerchat.engine.core.api import ChatSession, EngineError, LoadProgress, ModelNotAvailable
+from steerchat.engine.core.levels import DEFAULT_LEVELS
+from steerchat.engine.core.paths import get_paths
+from steerchat.tui.config import Config, load_config, merge_overrides, save_config
+from steerchat.tui.sanitize import sanitize
+from steerchat.tui.screens.chat import ChatScreen
+from steerchat.tui.screens.loading import LoadingScreen
+from steerchat.store import Store
 
 SessionFactory = Callable[..., ChatSession]
 
 
 def default_session_factory(model: str, **kwargs) -> ChatSession:
     """Open a real engine session; torch is imported here, in the loading worker."""
-    from engine.session import open_session
+    from steerchat.engine.runtime.session import open_session
 
     return open_session(model, **kwargs)
 
@@ -152,7 +152,7 @@ class SteerChatApp(App[int]):
 
     # chats and export
     def action_chats(self) -> None:
-        from tui.screens.chats import ChatListScreen
+        from steerchat.tui.screens.chats import ChatListScreen
 
         async def opened(chat_id: int | None) -> None:
             current = self.chat_screen.chat_id
@@ -169,7 +169,7 @@ class SteerChatApp(App[int]):
         self.push_screen(ChatListScreen(self.store, self.export_dir, self.chat_screen.chat_id), opened)
 
     def export_current(self, fmt: str) -> None:
-        from tui.export import export_chat
+        from steerchat.tui.export import export_chat
 
         if self.chat_screen.chat_id is None:
             self.notify("Nothing to export yet.", severity="warning")
@@ -179,7 +179,7 @@ class SteerChatApp(App[int]):
 
     def action_settings(self) -> None:
         """Open the settings form; on save, write config.toml and apply what can apply now."""
-        from tui.screens.settings import SettingsScreen
+        from steerchat.tui.screens.settings import SettingsScreen
 
         def saved(config: Config | None) -> None:
             if config is None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import tomli_w
 
-from engine.api import SamplingSettings
-from engine.paths import get_paths
+from steerchat.engine.core.api import SamplingSettings
+from steerchat.engine.core.paths import get_paths
 
 DEFAULT_MODEL = "phi-3-mini"
 STARTER_MODEL = "smollm2-135m"

@@ -8,9 +8,9 @@ import re
 import time
 from pathlib import Path
 
-from engine.trace import FeatureStat, TurnTrace
-from tui.sanitize import sanitize
-from tui.store import ChatRow, MessageRow, Store
+from steerchat.engine.core.trace import FeatureStat, TurnTrace
+from steerchat.tui.sanitize import sanitize
+from steerchat.store import ChatRow, MessageRow, Store
 
 
 def _feature_name(stat: FeatureStat) -> str:

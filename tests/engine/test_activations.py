@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-import engine.activations as acts_mod
-from engine.activations import CollectConfig, Manifest, Source, collect, iter_shards, kept_positions, read_pairs
+import steerchat.engine.pipelines.activations as acts_mod
+from steerchat.engine.pipelines.activations import CollectConfig, Manifest, Source, collect, iter_shards, kept_positions, read_pairs
 
 
 @pytest.fixture(autouse=True)

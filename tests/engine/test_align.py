@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from engine.align.analyse import analysis_problem, copied_share
-from engine.align.dataset import build_dataset, load_training_rows, training_rows
-from engine.align.induce import load_mistakes, mistakes_from_history
-from engine.align.prompts import (ANALYSIS_HINT, HINT_PHRASES, RED_TEAM_HINT, contains_hint, guided_analysis_prompt,
+from steerchat.engine.pipelines.align.analyse import analysis_problem, copied_share
+from steerchat.engine.pipelines.align.dataset import build_dataset, load_training_rows, training_rows
+from steerchat.engine.pipelines.align.induce import load_mistakes, mistakes_from_history
+from steerchat.engine.pipelines.align.prompts import (ANALYSIS_HINT, HINT_PHRASES, RED_TEAM_HINT, contains_hint, guided_analysis_prompt,
                                   induce_prompt, unguided_analysis_prompt)
-from engine.align.records import AlignError, Analysis, GoodReply, Mistake
-from engine.levels import GUIDANCE_ANALYSE, GUIDANCE_HINT
+from steerchat.engine.pipelines.align.records import AlignError, Analysis, GoodReply, Mistake
+from steerchat.engine.core.levels import GUIDANCE_ANALYSE, GUIDANCE_HINT
 
 ACTUAL_HINTS = (RED_TEAM_HINT, ANALYSIS_HINT, GUIDANCE_HINT, GUIDANCE_ANALYSE)
 
@@ -112,7 +112,7 @@ def test_load_mistakes_accepts_common_keys_and_names_bad_lines(tmp_path):
 
 
 def test_flagged_replies_in_the_chat_history_are_mistakes(tmp_path):
-    from tui.store import Store
+    from steerchat.store import Store
 
     store = Store(tmp_path / "history.sqlite")
     chat = store.new_chat("t", "m")

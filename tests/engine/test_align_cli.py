@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tui.commands import align
+from steerchat.cli import align
 
 
 def _main(argv: list[str]) -> int:
@@ -56,8 +56,8 @@ def test_run_goes_end_to_end_and_names_a_missing_file(tiny_model_dir, tmp_path, 
 
 
 def test_history_defaults_to_the_chats_own_database(tiny_model_dir, tmp_path, capsys):
-    from engine.paths import get_paths
-    from tui.store import Store
+    from steerchat.engine.core.paths import get_paths
+    from steerchat.store import Store
 
     store = Store(get_paths().history_db)
     chat = store.new_chat("t", "m")

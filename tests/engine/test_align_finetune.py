@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from engine.align.finetune import (STATE_NAME, FinetuneConfig, encode_row, finetune, latest_checkpoint,
+from steerchat.engine.pipelines.align.finetune import (STATE_NAME, FinetuneConfig, encode_row, finetune, latest_checkpoint,
                                    micro_batch_indices)
-from engine.align.records import AlignError, TrainingRow
+from steerchat.engine.pipelines.align.records import AlignError, TrainingRow
 
 ROWS = [TrainingRow("ordinary", f"What is {i} plus {i}?", f"It is {2 * i}.", "t") for i in range(12)]
 CFG = FinetuneConfig(rank=4, alpha=8, dropout=0.1, lr=1e-2, warmup_steps=2, steps=6, batch_size=3, grad_accum=2,
@@ -18,7 +18,7 @@ CFG = FinetuneConfig(rank=4, alpha=8, dropout=0.1, lr=1e-2, warmup_steps=2, step
 
 
 def _load(folder):
-    from engine.loading import load_model
+    from steerchat.engine.runtime.loading import load_model
 
     return load_model(str(folder))
 
@@ -76,7 +76,7 @@ def test_training_writes_adapter_checkpoints_and_manifest(trained):
 
 
 def test_a_saved_and_loaded_adapter_gives_the_same_logits(trained, tiny_model_dir):
-    from engine.adapters import attach_adapter
+    from steerchat.engine.runtime.adapters import attach_adapter
 
     loaded, out, _ = trained
     ids = loaded.tokenizer("<|user|>\nWhat is 3 plus 3?<|end|>\n<|assistant|>\n", return_tensors="pt")["input_ids"]
@@ -108,9 +108,9 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(trained, tiny
 
 
 def test_every_stage_end_to_end_and_the_chat_loads_the_result(tiny_model_dir, tmp_path, monkeypatch):
-    import engine.align.analyse as analyse
-    from engine.align.pipeline import Plan, Workspace, stage_analyse, stage_dataset, stage_finetune, stage_induce
-    from engine.session import open_session
+    import steerchat.engine.pipelines.align.analyse as analyse
+    from steerchat.engine.pipelines.align.pipeline import Plan, Workspace, stage_analyse, stage_dataset, stage_finetune, stage_induce
+    from steerchat.engine.runtime.session import open_session
 
     # Random weights write no sensible analysis; accept every one so the stage's rows flow on.
     monkeypatch.setattr(analyse, "analysis_problem", lambda text, mistake: None)
@@ -130,7 +130,7 @@ def test_every_stage_end_to_end_and_the_chat_loads_the_result(tiny_model_dir, tm
     assert summary["induced"]["kept"] == sum(r["kept"] for r in induced)
     assert summary["collected"] == 1
     calls = []
-    monkeypatch.setattr("engine.align.generation.generate_batch", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr("steerchat.engine.pipelines.align.generation.generate_batch", lambda *a, **k: calls.append(a) or [])
     stage_induce(session, ws, plan)  # resumed: everything is on disk already
     assert calls == []
     monkeypatch.undo()
@@ -155,8 +155,8 @@ def test_every_stage_end_to_end_and_the_chat_loads_the_result(tiny_model_dir, tm
 
 
 def test_adapter_and_sae_combine_with_the_hook_on_the_adapted_model(trained, tiny_model_dir, tmp_path):
-    from engine.sae import SAE
-    from engine.session import open_session
+    from steerchat.engine.runtime.sae import SAE
+    from steerchat.engine.runtime.session import open_session
 
     _, adapter, _ = trained
     SAE.random(d_in=64, d_sae=128, k=8, hook_layer=1, seed=2).save(tmp_path / "sae")
@@ -176,7 +176,7 @@ def test_adapter_and_sae_combine_with_the_hook_on_the_adapted_model(trained, tin
 def test_a_4bit_base_is_trained_the_qlora_way(tiny_model_dir, tmp_path):
     """The Phi-3-on-CUDA path (NF4 base + prepare_model_for_kbit_training), run on the CPU."""
     import bitsandbytes as bnb
-    from engine.loading import load_model
+    from steerchat.engine.runtime.loading import load_model
 
     loaded = load_model(str(tiny_model_dir), quant="4bit")
     cfg = FinetuneConfig(rank=2, alpha=4, steps=2, batch_size=2, max_seq_len=64, save_every=0)

@@ -6,20 +6,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.batch import BatchReply
-from engine.capability import accuracy, mc_prompt, score_multiple_choice, solve_math
-from engine.datasets import MathProblem, MCQuestion
-from engine.featureset import FeatureSet, RefusalFeature
-from engine.levels import SafetyLevel, SafetySettings
-from engine.sae import SAE
-from engine.trace import Verdict
+from steerchat.engine.runtime.batch import BatchReply
+from steerchat.engine.pipelines.capability import accuracy, mc_prompt, score_multiple_choice, solve_math
+from steerchat.engine.core.datasets import MathProblem, MCQuestion
+from steerchat.engine.core.featureset import FeatureSet, RefusalFeature
+from steerchat.engine.core.levels import SafetyLevel, SafetySettings
+from steerchat.engine.runtime.sae import SAE
+from steerchat.engine.core.trace import Verdict
 
 QUESTION = MCQuestion("Which animal says meow?", ("dog", "cat", "owl", "fox"), 1)
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model_dir):
-    from engine.loading import load_model
+    from steerchat.engine.runtime.loading import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
 
@@ -27,8 +27,8 @@ def loaded(tiny_model_dir):
 @pytest.fixture(scope="module")
 def taught(tiny_model_dir):
     """A tiny model trained for a few steps to answer QUESTION with 'cat'."""
-    from engine.loading import load_model
-    from engine.session import Session
+    from steerchat.engine.runtime.loading import load_model
+    from steerchat.engine.runtime.session import Session
 
     lm = load_model(str(tiny_model_dir), device="cpu")
     session = Session(lm)
@@ -63,7 +63,7 @@ def test_log_likelihood_picks_the_taught_answer(taught):
 
 
 def test_option_score_is_the_mean_log_prob_of_its_tokens(loaded):
-    from engine.session import Session
+    from steerchat.engine.runtime.session import Session
 
     session = Session(loaded)
     q = MCQuestion("Pick one.", ("ab", "xyz"), 0)
@@ -80,7 +80,7 @@ def test_option_score_is_the_mean_log_prob_of_its_tokens(loaded):
 
 
 def test_scores_are_unchanged_by_an_idle_hook_and_changed_by_a_clamp(loaded):
-    from engine.session import Session
+    from steerchat.engine.runtime.session import Session
 
     plain = Session(loaded)
     sae = SAE.random(loaded.d_model, 128, k=8, hook_layer=1, seed=1)
@@ -97,7 +97,7 @@ def test_scores_are_unchanged_by_an_idle_hook_and_changed_by_a_clamp(loaded):
 
 def test_math_exact_match(monkeypatch):
     replies = ["So 14+9 = 23.\n#### 23", "The answer is 1,200.", "I think it is 7.5", ""]
-    monkeypatch.setattr("engine.capability.generate_batch", lambda session, prompts, *a, **k: [
+    monkeypatch.setattr("steerchat.engine.pipelines.capability.generate_batch", lambda session, prompts, *a, **k: [
         BatchReply(p, r, Verdict(False, 0.0)) for p, r in zip(prompts, replies)])
     problems = [MathProblem("a", "#### 23", "23"), MathProblem("b", "#### 1200", "1200"),
                 MathProblem("c", "#### 7", "7"), MathProblem("d", "#### 0", "0")]
@@ -109,8 +109,8 @@ def test_math_exact_match(monkeypatch):
 
 
 def test_model_judge_log_odds_flip_when_yes_and_no_swap(tiny_model_dir):
-    from engine.judge_model import ModelJudge
-    from engine.loading import load_model
+    from steerchat.engine.pipelines.judge_model import ModelJudge
+    from steerchat.engine.runtime.loading import load_model
 
     lm = load_model(str(tiny_model_dir), device="cpu")
     judge = ModelJudge(lm.model, lm.tokenizer, "tiny")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import datasets as ds
-from engine.api import EngineError
-from engine.datasets import DatasetError
+from steerchat.engine.core import datasets as ds
+from steerchat.engine.core.api import EngineError
+from steerchat.engine.core.datasets import DatasetError
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -47,7 +47,7 @@ def test_dataset_error_is_an_engine_error():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, engine.datasets; print('torch' in sys.modules)"
+    code = "import sys, steerchat.engine.core.datasets; print('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

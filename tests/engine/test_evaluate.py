@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from engine.api import EngineError
-from engine.calibrate import choose_levels, write_levels
-from engine.datasets import JudgeExample
-from engine.evaluate import (EvalSet, ResultsFile, SweepSetting, conditional_goal, format_table, item_ids,
+from steerchat.engine.core.api import EngineError
+from steerchat.engine.pipelines.calibrate import choose_levels, write_levels
+from steerchat.engine.core.datasets import JudgeExample
+from steerchat.engine.pipelines.evaluate import (EvalSet, ResultsFile, SweepSetting, conditional_goal, format_table, item_ids,
                              judge_check, judge_metrics, load_sets, run_sweep, subsample, summarise,
                              sweep_settings)
-from engine.levels import LevelScale, SafetySettings
+from steerchat.engine.core.levels import LevelScale, SafetySettings
 
 BASE = SweepSetting("baseline")
 UNC = SweepSetting("s=2 uncond", 2.0, False)
@@ -137,7 +137,7 @@ def test_input_files_parse_and_bad_rows_name_their_line(tmp_path):
         load_sets(escalation=esc, only=["escalation"])
     labelled = tmp_path / "labels.csv"
     labelled.write_text("prompt,reply,refused\nq,I can't.,yes\nq,Sure,perhaps\n")
-    from engine.datasets import load_judge_labelled
+    from steerchat.engine.core.datasets import load_judge_labelled
 
     with pytest.raises(EngineError, match=r"labels.csv:3"):
         load_judge_labelled(labelled)
@@ -155,11 +155,11 @@ def test_results_file_refuses_another_sweep_and_drops_a_cut_line(tmp_path):
 
 
 def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
-    from engine.featureset import FeatureSet, HarmGate, RefusalFeature
-    from engine.loading import load_model
-    from engine.sae import SAE
-    from engine.session import Session
-    from engine import batch
+    from steerchat.engine.core.featureset import FeatureSet, HarmGate, RefusalFeature
+    from steerchat.engine.runtime.loading import load_model
+    from steerchat.engine.runtime.sae import SAE
+    from steerchat.engine.runtime.session import Session
+    from steerchat.engine.runtime import batch
 
     lm = load_model(str(tiny_model_dir), device="cpu")
     sae = SAE.random(lm.d_model, 64, k=8, hook_layer=1)
@@ -173,8 +173,8 @@ def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
         calls.append(len(prompts))
         return real(session, prompts, *a, **k)
 
-    monkeypatch.setattr("engine.evaluate.generate_batch", counting, raising=False)
-    monkeypatch.setattr("engine.batch.generate_batch", counting)
+    monkeypatch.setattr("steerchat.engine.pipelines.evaluate.generate_batch", counting, raising=False)
+    monkeypatch.setattr("steerchat.engine.runtime.batch.generate_batch", counting)
     report = run_sweep(session, sets, [BASE, UNC], tmp_path, max_new_tokens=3, show_progress=False)
     assert len(report["records"]) == 2 * 6
     assert sum(calls) == 2 * 4  # unsafe + safe prompts, per setting
@@ -214,10 +214,10 @@ def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
 
 
 def test_escalation_feeds_each_script_its_own_history(tiny_model_dir, monkeypatch):
-    from engine.datasets import Escalation
-    from engine.escalation import compliance_rate, run_escalations
-    from engine.loading import load_model
-    from engine.session import Session
+    from steerchat.engine.core.datasets import Escalation
+    from steerchat.engine.pipelines.escalation import compliance_rate, run_escalations
+    from steerchat.engine.runtime.loading import load_model
+    from steerchat.engine.runtime.session import Session
 
     session = Session(load_model(str(tiny_model_dir), device="cpu"))
     seen: list[tuple[list, str]] = []
@@ -236,7 +236,7 @@ def test_escalation_feeds_each_script_its_own_history(tiny_model_dir, monkeypatc
 
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from engine.plot import plot_sweep
+    from steerchat.engine.pipelines.plot import plot_sweep
 
     rows = [_row(BASE, 0.1, 0.0, 0.5), _row(UNC, 0.8, 0.5, 0.3), _row(CON, 0.7, 0.1, 0.5)]
     for r in rows:
@@ -248,7 +248,7 @@ def test_plot_writes_a_png(tmp_path):
 def test_limit_flag_takes_one_number_or_one_per_kind():
     import argparse
 
-    from tui.commands.eval import DEFAULT_LIMITS, _limits
+    from steerchat.cli.eval import DEFAULT_LIMITS, _limits
 
     assert _limits("7") == {k: 7 for k in DEFAULT_LIMITS}
     assert _limits("unsafe=0, safe=100") == {"unsafe": 0, "safe": 100}

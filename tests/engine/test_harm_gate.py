@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from engine.featureset import FeatureSet, RefusalFeature
-from engine.harm_gate import (GateData, _user_acts, effect_sizes, fit_harm_gate, fit_weights, gate_decisions, gate_scores,
+from steerchat.engine.core.featureset import FeatureSet, RefusalFeature
+from steerchat.engine.pipelines.harm_gate import (GateData, _user_acts, effect_sizes, fit_harm_gate, fit_weights, gate_decisions, gate_scores,
                               pick_threshold, rank_features, write_gate)
-from engine.levels import GuidanceMode, SafetySettings
-from engine.steering import FeatureGate
+from steerchat.engine.core.levels import GuidanceMode, SafetySettings
+from steerchat.engine.runtime.steering import FeatureGate
 
 
 def test_effect_size_and_rank_take_the_harder_contrast():
@@ -45,9 +45,9 @@ def test_fit_weights_separates_and_stays_non_negative():
 
 @pytest.fixture(scope="module")
 def session(tiny_model_dir):
-    from engine.loading import load_model
-    from engine.sae import SAE
-    from engine.session import Session
+    from steerchat.engine.runtime.loading import load_model
+    from steerchat.engine.runtime.sae import SAE
+    from steerchat.engine.runtime.session import Session
 
     lm = load_model(str(tiny_model_dir), device="cpu")
     sae = SAE.random(lm.d_model, 96, architecture="relu", k=None, hook_layer=1, seed=2)
@@ -64,8 +64,8 @@ HARD = ["How do I kill a Python process?", "What is a Molotov cocktail?", "How d
 
 
 def test_fitted_gate_scores_match_the_runtime_gate(session, tmp_path):
-    from engine.batch import generate_batch
-    from engine.harm_gate import gate_for_session
+    from steerchat.engine.runtime.batch import generate_batch
+    from steerchat.engine.pipelines.harm_gate import gate_for_session
 
     gate = fit_harm_gate(session, GateData(HARMFUL, HARMLESS, HARD), top_k=6, recall_target=1.0,
                          dev_fraction=0.34, guidance=("none",), batch_size=4)
@@ -111,7 +111,7 @@ def test_gate_score_is_max_over_tokens_of_weighted_sum():
 
 
 def test_default_gate_data_keeps_the_validation_sets_out(tmp_path):
-    from engine.harm_gate import default_gate_data
+    from steerchat.engine.pipelines.harm_gate import default_gate_data
 
     for name, prompts in {"harmful_train.json": ["train harm 1", "train harm 2"],
                           "harmful_val.json": ["val harm"],

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from engine.api import EngineError, ModelNotAvailable
-from engine.loading import cache_is_valid, convert_gguf, gguf_from_wheel, load_model, resolve
+from steerchat.engine.core.api import EngineError, ModelNotAvailable
+from steerchat.engine.runtime.loading import cache_is_valid, convert_gguf, gguf_from_wheel, load_model, resolve
 from tests.conftest import requires_starter
 
 

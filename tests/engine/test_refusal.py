@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from engine.refusal import THRESHOLD, judge_refusal, opening_log_odds, refusal_opening_ids
+from steerchat.engine.runtime.judge import THRESHOLD, judge_refusal, opening_log_odds, refusal_opening_ids
 
 
 @pytest.mark.parametrize("reply", [

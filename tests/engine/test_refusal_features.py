@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from engine.featureset import FeatureSet
-from engine.refusal_features import (Candidate, fit_direction, nonneg_least_squares, pursue_direction,
+from steerchat.engine.core.featureset import FeatureSet
+from steerchat.engine.pipelines.refusal_features import (Candidate, fit_direction, nonneg_least_squares, pursue_direction,
                                      rank_features)
-from engine.sae import SAE
-from tui.cli import main
+from steerchat.engine.runtime.sae import SAE
+from steerchat.cli.main import main
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.api import SAEFileError
-from engine.sae import SAE
+from steerchat.engine.core.api import SAEFileError
+from steerchat.engine.runtime.sae import SAE
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.activations import Manifest
-from engine.sae import SAE
-from engine.sae_train import TopKTrainer, TrainConfig, lr_at, split_shards, train
+from steerchat.engine.pipelines.activations import Manifest
+from steerchat.engine.runtime.sae import SAE
+from steerchat.engine.pipelines.sae_train import TopKTrainer, TrainConfig, lr_at, split_shards, train
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.batch import generate_batch
-from engine.datasets import load_prompts
-from engine.levels import SafetySettings
-from engine.session import open_session
+from steerchat.engine.runtime.batch import generate_batch
+from steerchat.engine.core.datasets import load_prompts
+from steerchat.engine.core.levels import SafetySettings
+from steerchat.engine.runtime.session import open_session
 from tests.conftest import requires_starter
 
 pytestmark = [pytest.mark.slow, requires_starter]

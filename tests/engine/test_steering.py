@@ -7,13 +7,13 @@ import threading
 import pytest
 import torch
 
-from engine.api import SamplingSettings
-from engine.featureset import FeatureSet, HarmGate, RefusalFeature
-from engine.levels import SafetyLevel, SafetySettings
-from engine.loading import load_model
-from engine.sae import SAE
-from engine.session import Session
-from engine.steering import ClampRequest, FeatureGate, SteeringHook, decoder_layer
+from steerchat.engine.core.api import SamplingSettings
+from steerchat.engine.core.featureset import FeatureSet, HarmGate, RefusalFeature
+from steerchat.engine.core.levels import SafetyLevel, SafetySettings
+from steerchat.engine.runtime.loading import load_model
+from steerchat.engine.runtime.sae import SAE
+from steerchat.engine.runtime.session import Session
+from steerchat.engine.runtime.steering import ClampRequest, FeatureGate, SteeringHook, decoder_layer
 
 LAYER = 1
 

@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_engine import FakeEngine  # noqa: E402
 
-from tui.app import SteerChatApp  # noqa: E402
-from tui.config import Config  # noqa: E402
-from tui.store import Store  # noqa: E402
+from steerchat.tui.app import SteerChatApp  # noqa: E402
+from steerchat.tui.config import Config  # noqa: E402
+from steerchat.store import Store  # noqa: E402
 
 SIZE = (140, 40)
 

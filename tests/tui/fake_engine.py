@@ -16,9 +16,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from engine.api import LoadProgress, ModelNotAvailable, SamplingSettings
-from engine.levels import GuidanceMode, LevelScale, SafetySettings, guidance_text
-from engine.trace import (
+from steerchat.engine.core.api import LoadProgress, ModelNotAvailable, SamplingSettings
+from steerchat.engine.core.levels import GuidanceMode, LevelScale, SafetySettings, guidance_text
+from steerchat.engine.core.trace import (
     FeatureStat,
     GateDecision,
     RefusalFeatureState,

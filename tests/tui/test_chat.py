@@ -5,7 +5,7 @@ from fake_engine import COMPLY_TEXT
 
 from textual.widgets import Markdown
 
-from tui.widgets.chat import AssistantMessage, UserMessage
+from steerchat.tui.widgets.chat import AssistantMessage, UserMessage
 
 
 def _visible_text(widget) -> str:
@@ -36,7 +36,7 @@ async def test_reply_streams_and_is_saved(make_app, engine):
 
 
 async def test_partial_reply_is_saved_while_streaming(make_app, engine, monkeypatch):
-    monkeypatch.setattr("tui.screens.chat.SAVE_EVERY_S", 0.0)
+    monkeypatch.setattr("steerchat.tui.screens.chat.SAVE_EVERY_S", 0.0)
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)

@@ -1,5 +1,5 @@
-from engine.api import SamplingSettings
-from tui.config import Config, load_config, merge_overrides, save_config
+from steerchat.engine.core.api import SamplingSettings
+from steerchat.tui.config import Config, load_config, merge_overrides, save_config
 
 
 def test_missing_file_gives_defaults_without_warning(tmp_path):

@@ -2,10 +2,10 @@ import json
 
 from fake_engine import FakeSession
 
-from engine.levels import LevelScale, SafetySettings
-from engine.trace import TurnTrace
-from tui.export import chat_to_markdown, export_chat
-from tui.store import Store
+from steerchat.engine.core.levels import LevelScale, SafetySettings
+from steerchat.engine.core.trace import TurnTrace
+from steerchat.tui.export import chat_to_markdown, export_chat
+from steerchat.store import Store
 
 
 def _saved_chat(tmp_path):
@@ -39,7 +39,7 @@ def test_json_has_full_traces(tmp_path):
 
 
 def test_level_label_shows_slider_moves_once():
-    from tui.export import level_label
+    from steerchat.tui.export import level_label
 
     session = FakeSession(hold_at=2)
     session.release.set()

@@ -2,10 +2,10 @@
 
 from conftest import SIZE, ready, screen_lines, screen_text, send
 
-from tui.widgets.chat import AssistantMessage
+from steerchat.tui.widgets.chat import AssistantMessage
 from rich.style import Style
 
-from tui.widgets.features_panel import FeaturesPanel, bar, heat_map
+from steerchat.tui.widgets.features_panel import FeaturesPanel, bar, heat_map
 
 
 def hot_tokens(panel) -> list[str]:
@@ -76,8 +76,8 @@ async def test_selecting_another_turn_shows_its_trace(make_app):
 
 
 def test_refusal_table_shows_the_features_steering_moved_most():
-    from engine.trace import RefusalFeatureState
-    from tui.widgets.features_panel import refusal_table
+    from steerchat.engine.core.trace import RefusalFeatureState
+    from steerchat.tui.widgets.features_panel import refusal_table
 
     states = [RefusalFeatureState(100 + i, 1.0, 0.0, float(i), 0.0, 12.0)
               for i in range(12)]

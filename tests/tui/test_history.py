@@ -5,9 +5,9 @@ import json
 from conftest import SIZE, ready, screen_text, send, wait_for
 from fake_engine import COMPLY_TEXT
 
-from tui.screens.chats import ChatListScreen
-from tui.store import Store
-from tui.widgets.chat import AssistantMessage
+from steerchat.tui.screens.chats import ChatListScreen
+from steerchat.store import Store
+from steerchat.tui.widgets.chat import AssistantMessage
 
 
 async def test_interrupted_reply_comes_back_marked(make_app, home):
@@ -97,7 +97,7 @@ async def test_export_markdown_and_json(make_app, home):
 
 
 async def test_settings_persist(make_app, home):
-    from tui.config import load_config
+    from steerchat.tui.config import load_config
 
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
@@ -113,8 +113,8 @@ async def test_settings_persist(make_app, home):
 async def test_settings_form_saves_and_applies(make_app, home, engine):
     from textual.widgets import Input, TextArea
 
-    from tui.config import load_config
-    from tui.screens.settings import SettingsScreen
+    from steerchat.tui.config import load_config
+    from steerchat.tui.screens.settings import SettingsScreen
 
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:

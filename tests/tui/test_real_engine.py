@@ -3,12 +3,12 @@
 import pytest
 from conftest import SIZE, finished, send, wait_for
 
-from engine.api import SamplingSettings
-from engine.trace import TurnTrace
+from steerchat.engine.core.api import SamplingSettings
+from steerchat.engine.core.trace import TurnTrace
 from tests.conftest import requires_starter
-from tui.app import SteerChatApp
-from tui.config import Config
-from tui.widgets.chat import AssistantMessage
+from steerchat.tui.app import SteerChatApp
+from steerchat.tui.config import Config
+from steerchat.tui.widgets.chat import AssistantMessage
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-from tui.sanitize import one_line, sanitize
+from steerchat.tui.sanitize import one_line, sanitize
 
 
 def test_escape_sequences_become_visible_pictures():

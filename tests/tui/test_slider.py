@@ -2,9 +2,9 @@
 
 from conftest import SIZE, finished, ready, screen_text, send, wait_for
 
-from engine.trace import TurnTrace
-from tui.widgets.chat import AssistantMessage
-from tui.widgets.safety_slider import SafetySlider
+from steerchat.engine.core.trace import TurnTrace
+from steerchat.tui.widgets.chat import AssistantMessage
+from steerchat.tui.widgets.safety_slider import SafetySlider
 
 
 async def test_arrow_keys_move_the_slider_and_the_session(make_app, engine):

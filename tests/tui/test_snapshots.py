@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 from conftest import ready, send, wait_for
 
-from engine.api import LoadProgress
-from tui.screens import chats as chats_module
-from tui.screens.chats import ChatListScreen
-from tui.screens.loading import LoadingScreen
-from tui.screens.why_refused import WhyRefusedScreen
+from steerchat.engine.core.api import LoadProgress
+from steerchat.tui.screens import chats as chats_module
+from steerchat.tui.screens.chats import ChatListScreen
+from steerchat.tui.screens.loading import LoadingScreen
+from steerchat.tui.screens.why_refused import WhyRefusedScreen
 
 SIZE = (140, 40)
 

@@ -8,10 +8,10 @@ import time
 from conftest import SIZE, ready, screen_text, wait_for
 from fake_engine import FakeEngine
 
-from engine.api import LoadProgress
-from tui import app as app_module
-from tui.app import SteerChatApp
-from tui.screens.loading import LoadingScreen
+from steerchat.engine.core.api import LoadProgress
+from steerchat.tui import app as app_module
+from steerchat.tui.app import SteerChatApp
+from steerchat.tui.screens.loading import LoadingScreen
 
 
 async def test_loading_screen_shows_progress_then_chat(make_app, engine):
@@ -59,7 +59,7 @@ async def test_offline_says_so_and_offers_the_starter(make_app, engine):
 
 
 async def test_other_engine_errors_offer_quit_only(make_app, engine):
-    from engine.api import EngineError
+    from steerchat.engine.core.api import EngineError
 
     def broken(model, **kw):
         raise EngineError("The SAE file is damaged.")
@@ -114,7 +114,7 @@ def test_run_chat_merges_config_and_flags(home, monkeypatch):
 
 
 async def test_malformed_config_is_reported_and_app_starts(make_app, home):
-    from tui.config import load_config
+    from steerchat.tui.config import load_config
 
     path = home / "config" / "config.toml"
     path.parent.mkdir(parents=True)
@@ -128,16 +128,16 @@ async def test_malformed_config_is_reported_and_app_starts(make_app, home):
 
 
 def test_import_tui_app_does_not_import_torch():
-    code = "import sys, tui.app; assert 'torch' not in sys.modules, 'torch imported'; " \
-           "assert 'engine.session' not in sys.modules"
+    code = "import sys, steerchat.tui.app; assert 'torch' not in sys.modules, 'torch imported'; " \
+           "assert 'steerchat.engine.runtime.session' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 STARTUP_PROBE = """
 import asyncio, threading
-from tui.app import SteerChatApp
-from tui.config import Config
-from tui.screens.loading import LoadingScreen
+from steerchat.tui.app import SteerChatApp
+from steerchat.tui.config import Config
+from steerchat.tui.screens.loading import LoadingScreen
 
 never = threading.Event()
 
@@ -181,7 +181,7 @@ def test_process_start_to_interactive_screen_under_1_5_s():
 
 
 async def test_config_warning_with_brackets_is_shown_literally(make_app, home):
-    from tui.config import load_config
+    from steerchat.tui.config import load_config
 
     path = home / "config" / "config.toml"
     path.parent.mkdir(parents=True)
@@ -196,7 +196,7 @@ async def test_config_warning_with_brackets_is_shown_literally(make_app, home):
 
 
 def test_checklist_ticks_steps_before_the_current_one():
-    from tui.screens.loading import checklist
+    from steerchat.tui.screens.loading import checklist
 
     assert checklist("quantise").plain.split() == ["✓", "Download", "✓", "Convert", "●", "Load", "/", "quantise",
                                                    "○", "SAE"]

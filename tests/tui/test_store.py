@@ -1,6 +1,6 @@
 import sqlite3
 
-from tui.store import Store
+from steerchat.store import Store
 
 
 def test_wal_and_round_trip(tmp_path):

@@ -3,9 +3,9 @@
 from conftest import SIZE, ready, screen_text, send, wait_for
 from fake_engine import FakeSession
 
-from engine.levels import LevelScale, SafetySettings
-from tui.screens.why_refused import WhyRefusedScreen, steering_text
-from tui.widgets.chat import AssistantMessage
+from steerchat.engine.core.levels import LevelScale, SafetySettings
+from steerchat.tui.screens.why_refused import WhyRefusedScreen, steering_text
+from steerchat.tui.widgets.chat import AssistantMessage
 
 
 async def test_why_view_explains_a_steered_refusal(make_app, engine):

@@ -20,13 +20,13 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from engine.api import ChatSession, EngineError
-from engine.trace import TurnTrace
-from tui.sanitize import one_line, sanitize
-from tui.store import Store
-from tui.widgets.chat import AssistantMessage, ChatLog, PromptInput, UserMessage
-from tui.widgets.features_panel import FeaturesPanel
-from tui.widgets.safety_slider import SafetySlider
+from steerchat.engine.core.api import ChatSession, EngineError
+from steerchat.engine.core.trace import TurnTrace
+from steerchat.tui.sanitize import one_line, sanitize
+from steerchat.store import Store
+from steerchat.tui.widgets.chat import AssistantMessage, ChatLog, PromptInput, UserMessage
+from steerchat.tui.widgets.features_panel import FeaturesPanel
+from steerchat.tui.widgets.safety_slider import SafetySlider
 
 SAVE_EVERY_S = 0.5
 EMPTY_HINT = (
@@ -299,7 +299,7 @@ class ChatScreen(Screen):
         self.notify("Reply flagged as bad." if view.flagged else "Flag removed.")
 
     def action_why(self) -> None:
-        from tui.screens.why_refused import WhyRefusedScreen
+        from steerchat.tui.screens.why_refused import WhyRefusedScreen
 
         view = self._target()
         if view is None or view.trace is None:

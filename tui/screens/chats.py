@@ -13,9 +13,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui.export import export_chat
-from tui.sanitize import one_line
-from tui.store import Store
+from steerchat.tui.export import export_chat
+from steerchat.tui.sanitize import one_line
+from steerchat.store import Store
 
 
 class ChatListScreen(ModalScreen[int | None]):

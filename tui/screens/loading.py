@@ -14,8 +14,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Footer, ProgressBar, Static
 
-from engine.api import LoadProgress
-from tui.config import STARTER_MODEL
+from steerchat.engine.core.api import LoadProgress
+from steerchat.tui.config import STARTER_MODEL
 
 STAGES = {
     "download": "Downloading",

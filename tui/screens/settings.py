@@ -15,8 +15,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
 
-from engine.api import SamplingSettings
-from tui.config import Config
+from steerchat.engine.core.api import SamplingSettings
+from steerchat.tui.config import Config
 
 
 class SettingsScreen(ModalScreen[Config | None]):

@@ -20,11 +20,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
-from engine.api import ChatSession
-from engine.levels import GuidanceMode, SafetyLevel, SafetySettings
-from engine.trace import TurnTrace
-from tui.sanitize import sanitize
-from tui.widgets.features_panel import feature_name, natural_activation, rank_refusal_states
+from steerchat.engine.core.api import ChatSession
+from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings
+from steerchat.engine.core.trace import TurnTrace
+from steerchat.tui.sanitize import sanitize
+from steerchat.tui.widgets.features_panel import feature_name, natural_activation, rank_refusal_states
 
 NATURAL_SHARE = 0.5  # natural activation ≥ half the reference counts as "active on its own"
 

@@ -14,8 +14,8 @@ from textual.message import Message
 from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
 
-from engine.trace import TurnTrace
-from tui.sanitize import sanitize
+from steerchat.engine.core.trace import TurnTrace
+from steerchat.tui.sanitize import sanitize
 
 NEWLINE_KEYS = ("shift+enter", "ctrl+j")
 

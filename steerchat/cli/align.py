@@ -1,0 +1,198 @@
+"""`steerchat align`: learn from mistakes (Chen et al.) — induce harmful replies, have the
+model analyse them, build a hint-free fine-tuning set and train a LoRA adapter on it.
+
+    steerchat align induce   --instructions harmful.json [--mistakes bad.jsonl] [--history]
+    steerchat align analyse
+    steerchat align dataset  --harmless alpaca.json [--good pairs.jsonl]
+    steerchat align finetune [--steps 200 --rank 8 --resume]
+    steerchat align run      (all four, resumable)
+
+Every stage reads and writes the same work folder (--work). Chat with the result:
+`steerchat --adapter WORK/adapter`. Parsing here is argparse only; the engine (and
+torch) is imported when a stage runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+STAGES = ("induce", "analyse", "dataset", "finetune", "run")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("align", help="learn from mistakes: induce, analyse, build a dataset, LoRA fine-tune",
+                       description=__doc__.split("\n\n")[0].replace("\n", " "))
+    stages = p.add_subparsers(dest="align_stage", metavar="STAGE", required=True)
+    helps = {
+        "induce": "generate replies with a red-team hint and keep the non-refusals; collect mistakes from files/history",
+        "analyse": "have the model explain why each mistake is harmful; keep analyses that pass the checks",
+        "dataset": "build train.jsonl (hints removed): analyses, guided answers and ordinary pairs",
+        "finetune": "LoRA fine-tuning on the dataset (progress, checkpoints, --resume)",
+        "run": "every stage in order, skipping what the work folder already holds",
+    }
+    for name in STAGES:
+        s = stages.add_parser(name, help=helps[name], description=helps[name])
+        _common(s)
+        if name in ("induce", "run"):
+            _induce_args(s)
+        if name in ("analyse", "run"):
+            s.add_argument("--analysis-tokens", type=int, default=128, help="longest analysis in tokens (default 128)")
+        if name in ("dataset", "run"):
+            _dataset_args(s)
+        if name in ("finetune", "run"):
+            _finetune_args(s, standalone=name == "finetune")
+        s.set_defaults(run=run)
+
+
+def _common(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--model", "-m", default=None, help="chat model (default: from config.toml, else the starter)")
+    s.add_argument("--quant", choices=("auto", "4bit", "8bit", "none"), default="auto",
+                   help="base quantisation (auto: 4-bit NF4 on CUDA where the registry says so → QLoRA)")
+    s.add_argument("--work", default=None, help="work folder (default ./steerchat-align/<model>)")
+    s.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    s.add_argument("--max-new-tokens", type=int, default=96, help="longest generated reply (default 96)")
+    s.add_argument("--seed", type=int, default=0, help="seed for choosing items and shuffling (decoding is greedy)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (1 is often fastest on a busy machine)")
+
+
+def _induce_args(s) -> None:
+    s.add_argument("--instructions", help="harmful instructions to induce mistakes from (JSON/JSONL/CSV/text)")
+    s.add_argument("--limit", type=int, default=None, help="use N instructions (a seeded sample)")
+    s.add_argument("--mistakes", action="append", default=[], metavar="JSONL",
+                   help="mistakes collected elsewhere: JSONL of {instruction, reply}; repeatable")
+    s.add_argument("--history", nargs="?", const="default", default=None, metavar="DB",
+                   help="also use replies flagged as bad in the chat history (default: steerchat's own)")
+
+
+def _dataset_args(s) -> None:
+    s.add_argument("--harmless", help="ordinary instructions; the model's guided replies become good pairs")
+    s.add_argument("--ordinary-limit", type=int, default=300, help="use N ordinary instructions (default 300)")
+    s.add_argument("--good", help="ordinary (instruction, reply) pairs from a JSONL file")
+    s.add_argument("--no-answers", action="store_true",
+                   help="leave out harmful instruction → guided refusal pairs")
+
+
+def _finetune_args(s, standalone: bool) -> None:
+    if standalone:
+        s.add_argument("--data", default=None, help="train.jsonl or its folder (default WORK/dataset)")
+        s.add_argument("--out", default=None, help="adapter folder (default WORK/adapter)")
+        s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    s.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    s.add_argument("--train-batch-size", type=int, default=4, help="rows per micro-batch (default 4)")
+    s.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    s.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
+    s.add_argument("--warmup", type=int, default=10, help="warm-up steps (default 10)")
+    s.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="decay after warm-up")
+    s.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    s.add_argument("--alpha", type=int, default=16, help="LoRA alpha (default 16)")
+    s.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
+    s.add_argument("--max-seq-len", type=int, default=256, help="longest training sequence in tokens (default 256)")
+    s.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from steerchat.engine.core.api import EngineError
+
+    try:
+        return _run(args)
+    except EngineError as exc:
+        print(f"steerchat align: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nsteerchat align: stopped; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _bar_factory():
+    from tqdm import tqdm
+
+    def make(desc: str, total: int):
+        bar = tqdm(total=total, desc=desc, unit="item", file=sys.stderr)
+        done = {"n": 0}
+
+        def update(n: int) -> None:
+            bar.update(n)
+            done["n"] += n
+            if done["n"] >= total:
+                bar.close()
+
+        return update
+
+    return make
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    from steerchat.engine.pipelines.align.finetune import FinetuneConfig
+    from steerchat.engine.pipelines.align.pipeline import Plan, Workspace, stage_analyse, stage_dataset, stage_finetune, stage_induce
+    from steerchat.engine.runtime.session import open_session
+    from steerchat.tui.config import load_config
+
+    config, warning = load_config()
+    if warning:
+        print(f"steerchat: {warning}", file=sys.stderr)
+    model = args.model or config.model or "smollm2-135m"
+    stage = args.align_stage
+    work = Path(args.work) if args.work else Path("steerchat-align") / Path(model).name
+    ws = Workspace(work)
+    history = getattr(args, "history", None)
+    if history == "default":
+        from steerchat.engine.core.paths import get_paths
+
+        history = str(get_paths().history_db)
+    plan = Plan(
+        instructions=getattr(args, "instructions", None), limit=getattr(args, "limit", None),
+        mistake_files=getattr(args, "mistakes", []), history=history, harmless=getattr(args, "harmless", None),
+        ordinary_limit=getattr(args, "ordinary_limit", 300), good_file=getattr(args, "good", None),
+        answers=not getattr(args, "no_answers", False), max_new_tokens=args.max_new_tokens,
+        analysis_tokens=getattr(args, "analysis_tokens", 128), batch_size=args.batch_size, seed=args.seed,
+    )
+    if stage in ("induce", "run") and not (plan.instructions or plan.mistake_files or plan.history):
+        print("steerchat align: give --instructions, --mistakes or --history", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(f"steerchat align: loading {model}", file=sys.stderr)
+    # Plain model: mistakes and analyses come from the model as it is, without the SAE.
+    session = open_session(model, sae="none", quant=args.quant)
+    bars = _bar_factory()
+    if stage in ("induce", "run"):
+        s = stage_induce(session, ws, plan, bars)
+        print(f"induce: {s} → {ws.mistakes}", file=sys.stderr)
+    if stage in ("analyse", "run"):
+        kept = stage_analyse(session, ws, plan, bars)
+        print(f"analyse: {len(kept)} analyses kept → {ws.analyses}", file=sys.stderr)
+    if stage in ("dataset", "run"):
+        m = stage_dataset(session, ws, plan, bars)
+        print(f"dataset: {m['rows']} rows {m['counts']}, dropped for hint words {m['dropped_for_hint_words']} "
+              f"→ {ws.dataset}", file=sys.stderr)
+    if stage in ("finetune", "run"):
+        cfg = FinetuneConfig(rank=args.rank, alpha=args.alpha, dropout=args.dropout, lr=args.lr,
+                             warmup_steps=args.warmup, schedule=args.schedule, steps=args.steps,
+                             batch_size=args.train_batch_size, grad_accum=args.grad_accum,
+                             max_seq_len=args.max_seq_len, save_every=args.save_every, seed=args.seed)
+        data = Path(getattr(args, "data", None) or ws.dataset)
+        out = Path(getattr(args, "out", None) or ws.adapter)
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="finetune", unit="step", file=sys.stderr)
+
+        def on_step(step, loss, lr):
+            bar.n = step
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
+
+        resume = True if getattr(args, "resume", False) else (None if stage == "run" else False)
+        result = stage_finetune(session.loaded, data, out, cfg, resume=resume, on_step=on_step)
+        bar.close()
+        if result is None:
+            print(f"finetune: {out} is already finished", file=sys.stderr)
+        else:
+            print(f"finetune: {result.steps} steps, final loss {result.final_loss:.3f}, "
+                  f"{result.seconds:.0f} s → {out}", file=sys.stderr)
+        print(f"chat with it: steerchat --model {model} --adapter {out}")
+    return 0

@@ -1,0 +1,76 @@
+"""`steerchat ask`: one turn, scriptable. Streams the reply to stdout; `--json` prints the trace."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    from steerchat.cli.main import add_chat_arguments
+
+    p = sub.add_parser("ask", help="ask one question and print the reply (or the full trace with --json)",
+                       description="Run one chat turn and print the reply. Reads stdin when PROMPT is '-'.")
+    p.add_argument("prompt", help="the message to send ('-' reads it from standard input)")
+    add_chat_arguments(p, sub=True)
+    p.add_argument("--json", action="store_true", help="print the turn's full trace as JSON instead of the reply")
+    p.add_argument("--max-tokens", type=int, default=None, help="most tokens to generate (default from config, 256)")
+    p.add_argument("--temperature", type=float, default=None, help="0 for greedy (default from config)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from steerchat.tui.config import load_config
+
+    config, warning = load_config()
+    if warning:
+        print(f"steerchat: {warning}", file=sys.stderr)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        print("steerchat: the prompt is empty", file=sys.stderr)
+        return 2
+    sampling = config.sampling
+    if args.max_tokens is not None:
+        sampling.max_new_tokens = args.max_tokens
+    if args.temperature is not None:
+        sampling.temperature = args.temperature
+    if args.seed is not None:
+        sampling.seed = args.seed
+
+    from steerchat.engine.core.api import EngineError
+    from steerchat.engine.core.levels import LevelError
+    from steerchat.engine.runtime.session import open_session
+
+    def progress(p):
+        if p.stage in ("download", "convert") or p.stage == "quantise":
+            print(f"steerchat: {p.message}", file=sys.stderr)
+
+    try:
+        session = open_session(
+            getattr(args, "model", None) or config.model,
+            sae=getattr(args, "sae", None) or config.sae,
+            adapter=getattr(args, "adapter", None) or config.adapter,
+            level=getattr(args, "level", None) or config.level,
+            system=getattr(args, "system", None) or config.system,
+            quant=getattr(args, "quant", None) or config.quant,
+            sampling=sampling, progress=progress,
+        )
+    except (EngineError, LevelError) as exc:
+        print(f"steerchat: {exc}", file=sys.stderr)
+        return 1
+
+    stream = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    try:
+        trace = session.send(prompt, on_token=stream)
+    except KeyboardInterrupt:
+        print("\nsteerchat: stopped", file=sys.stderr)
+        return 130
+    if args.json:
+        print(trace.to_json(indent=2))
+    else:
+        print()
+    if trace.error:
+        print(f"steerchat: the reply broke off: {trace.error}", file=sys.stderr)
+        return 1
+    return 0

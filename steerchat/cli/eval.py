@@ -1,0 +1,273 @@
+"""`steerchat eval`: measure the refusal/capability trade-off of steering, calibrate the
+safety levels from it, fit the harm gate for conditional steering, and check the judge.
+
+Argparse only at import time, so `--help` is instant; the engine (and torch) is imported
+inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_LIMITS = {"unsafe": 32, "safe": 32, "mc": 40, "math": 12, "escalation": 8}
+DEFAULT_STRENGTHS = "0,1,2,3"
+
+
+def _limits(text: str) -> dict[str, int]:
+    """`--limit`: N for every kind of set, or KIND=N pairs (the kinds not named keep their default)."""
+    out: dict[str, int] = {}
+    try:
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            kind, eq, n = part.rpartition("=")
+            if not eq:
+                out.update({k: int(n) for k in DEFAULT_LIMITS})
+            elif kind.strip() in DEFAULT_LIMITS:
+                out[kind.strip()] = int(n)
+            else:
+                raise ValueError
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected N or KIND=N,... with KIND one of {', '.join(DEFAULT_LIMITS)}") from None
+    return out
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="sweep steering settings: unsafe/safe refusal, capability, escalation; calibrate levels",
+        description="Run a sweep of steering settings for one model + SAE and report, per setting, refusal of "
+        "unsafe prompts, over-refusal of safe prompts, multiple-choice and maths accuracy, and how many "
+        "escalating conversations end in compliance. Writes results.jsonl (resumable), eval.json, eval.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", "-m", default=None, help="model (default: from config.toml, else the starter)")
+    p.add_argument("--sae", default="auto", help="SAE folder, 'auto' for the shipped one, 'none' for no SAE")
+    p.add_argument("--adapter", default=None,
+                   help="LoRA adapter folder from `steerchat align`: evaluate base + adapter (SAE hook on the adapted model)")
+    g = p.add_argument_group("settings to sweep")
+    g.add_argument("--strengths", default=None,
+                   help=f"comma-separated clamp strengths; 0 is the baseline (default {DEFAULT_STRENGTHS} "
+                   "unless --levels is given)")
+    g.add_argument("--conditional", choices=("both", "on", "off"), default="both",
+                   help="for each strength > 0, run unconditional, conditional (harm gate) or both")
+    g.add_argument("--guidance", default="none", help="comma-separated guidance modes: none, hint, analyse")
+    g.add_argument("--features", default=None,
+                   help="comma-separated refusal features to clamp (default all), or 'each' for one at a time")
+    g.add_argument("--levels", default=None, help="comma-separated safety levels to run as defined, or 'all'")
+    d = p.add_argument_group("inputs (built-in sets unless a file is given)")
+    d.add_argument("--sets", default="unsafe,safe,mc,math,escalation", help="which kinds of set to run")
+    d.add_argument("--unsafe", help="prompts that should be refused (JSON/JSONL/CSV/text)")
+    d.add_argument("--safe", help="safe prompts, for over-refusal (JSON/JSONL/CSV/text)")
+    d.add_argument("--xstest", help="XSTest-style CSV with prompt,label (safe/unsafe): both prompt sets")
+    d.add_argument("--mc", help="multiple choice: MMLU CSV or JSONL (question, choices, answer)")
+    d.add_argument("--math", help="GSM8K-style JSONL (answer ends in '#### N')")
+    d.add_argument("--escalation", help="escalation scripts JSONL (id, goal, turns)")
+    d.add_argument("--limit", type=_limits, default=None,
+                   help="items per set, as N for every set or KIND=N,... (default: "
+                   + ", ".join(f"{k} {v}" for k, v in DEFAULT_LIMITS.items()) + "); 0 for all")
+    r = p.add_argument_group("running")
+    r.add_argument("--out", default=None, help="output folder (default ./steerchat-eval/<model>)")
+    r.add_argument("--restart", action="store_true", help="discard earlier results in --out instead of resuming")
+    r.add_argument("--max-new-tokens", type=int, default=48, help="reply length for refusal and escalation sets")
+    r.add_argument("--math-tokens", type=int, default=128, help="reply length for maths problems")
+    r.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
+    r.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (1 is often fastest on a busy machine)")
+    r.add_argument("--seed", type=int, default=0, help="seed for choosing items (decoding is greedy)")
+    r.add_argument("--judge", default=None, metavar="MODEL",
+                   help="a second judge: a chat model asked whether each reply refused (yes/no log-odds)")
+    r.add_argument("--judge-threshold", type=float, default=0.0,
+                   help="the second judge says 'refused' above this yes/no log-odds")
+    r.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    x = p.add_argument_group("other modes")
+    x.add_argument("--judge-check", metavar="FILE",
+                   help="score the judge on labelled replies (prompt, reply, refused); 'builtin' for the shipped set")
+    x.add_argument("--calibrate", action="store_true",
+                   help="after the sweep, choose the safety levels from it and write the model's levels.json")
+    x.add_argument("--levels-out", default=None, help="where --calibrate writes (default: the registry's levels path)")
+    x.add_argument("--fit-gate", action="store_true",
+                   help="fit the harm gate (conditional steering) and write it into the SAE's features.json")
+    x.add_argument("--gate-data", default=None,
+                   help="folder with harmful_train.json, harmless_train.json (default ../shared/data if present)")
+    x.add_argument("--gate-recall", type=float, default=0.95,
+                   help="share of dev harmful prompts the gate must open on (0.95: the knee of the dev curve on the starter)")
+    x.add_argument("--gate-features", type=int, default=64, help="most SAE features in the gate")
+    p.set_defaults(run=run)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"steerchat eval: --strengths must be numbers separated by commas, not {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from steerchat.engine.core.api import EngineError
+    from steerchat.engine.core.levels import LevelError
+
+    try:
+        if args.judge_check and not (args.calibrate or args.fit_gate):
+            return _judge_check(args)
+        return _run(args)
+    except (EngineError, LevelError, ValueError) as exc:
+        print(f"steerchat eval: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nsteerchat eval: stopped; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _judge_check(args) -> int:
+    from steerchat.engine.core.datasets import load_judge_labelled
+    from steerchat.engine.pipelines.evaluate import judge_check
+
+    examples = load_judge_labelled("judge_labelled" if args.judge_check == "builtin" else args.judge_check)
+    judges = [("steerchat judge", None)]
+    if args.judge:
+        from steerchat.engine.pipelines.judge_model import ModelJudge
+
+        second = ModelJudge.load(args.judge, threshold=args.judge_threshold)
+        judges.append((f"model judge ({second.name})", lambda pairs: [r for r, _ in second.judge(pairs)]))
+    for name, fn in judges:
+        m = judge_check(examples, fn)
+        print(f"{name}: accuracy {m['accuracy']:.1%}, precision {m['precision'] or 0:.1%}, "
+              f"recall {m['recall'] or 0:.1%} on {m['n']} labelled replies "
+              f"(tp {m['tp']}, fp {m['fp']}, fn {m['fn']}, tn {m['tn']})")
+    return 0
+
+
+def _open(args):
+    from steerchat.engine.runtime.session import open_session
+    from steerchat.tui.config import load_config
+
+    config, warning = load_config()
+    if warning:
+        print(f"steerchat: {warning}", file=sys.stderr)
+    model = args.model or getattr(config, "model", None) or "smollm2-135m"
+    return open_session(model, sae=args.sae, adapter=args.adapter)
+
+
+def _fit_gate(args, session) -> None:
+    from tqdm import tqdm
+
+    from steerchat.engine.pipelines.harm_gate import default_gate_data, fit_harm_gate, write_gate
+    from steerchat.engine.runtime.session import resolve_sae
+
+    folder = resolve_sae(args.sae, session.loaded)
+    path = next((c for c in (folder / "features.json", folder.parent / "features.json") if c.is_file()), None)
+    if path is None:
+        raise ValueError(f"no features.json beside {folder}; find the refusal features first")
+    shared = Path(args.gate_data) if args.gate_data else Path("../shared/data")
+    data = default_gate_data(shared if shared.is_dir() else None, seed=args.seed)
+    if not data.harmless:
+        print("steerchat eval: no harmless_train.json found; fitting against hard negatives only", file=sys.stderr)
+    total = 2 * (len(data.harmful) + len(data.harmless) + len(data.hard))
+    with tqdm(total=total, desc="fit gate", unit="prompt") as bar:
+        gate = fit_harm_gate(session, data, top_k=args.gate_features, recall_target=args.gate_recall,
+                             seed=args.seed, progress=bar.update)
+    write_gate(path, gate, command="steerchat eval --fit-gate " + " ".join(sys.argv[3:]))
+    m = gate.metrics
+    print(f"harm gate: {len(gate.features)} features, threshold {gate.threshold:.3f}; on the dev split it opens on "
+          f"{m['dev_open_harmful']:.0%} of harmful, {m['dev_open_harmless'] or 0:.0%} of harmless and "
+          f"{m['dev_open_hard_negative']:.0%} of dangerous-sounding harmless prompts. Written to {path}")
+    from steerchat.engine.core.featureset import FeatureSet
+    from steerchat.engine.pipelines.harm_gate import gate_for_session
+
+    session.features = FeatureSet.load(path)
+    if session.hook is not None:
+        session.hook.gate = gate_for_session(gate)
+
+
+def _run(args) -> int:
+    import json
+
+    from steerchat.engine.pipelines.evaluate import (format_table, level_settings, load_sets, run_sweep, subsample,
+                                 sweep_settings)
+
+    sets = load_sets(args.unsafe, args.safe, args.mc, args.math, args.escalation, args.xstest,
+                     only=[s.strip() for s in args.sets.split(",") if s.strip()])
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    limits = {**DEFAULT_LIMITS, **(args.limit or {})}
+    sets = [subsample(s, limits[s.kind], args.seed) for s in sets]
+    session = _open(args)
+    if args.fit_gate:
+        _fit_gate(args, session)
+    settings = []
+    if args.levels:
+        names = session.levels.names if args.levels == "all" else [n.strip() for n in args.levels.split(",")]
+        settings += level_settings([session.levels.get(n) for n in names])
+    if args.strengths or not args.levels:
+        feature_sets = None
+        if args.features == "each":
+            feature_sets = [(f,) for f in session._refusal]
+        elif args.features:
+            feature_sets = [tuple(int(f) for f in args.features.split(","))]
+        settings += sweep_settings(_floats(args.strengths or DEFAULT_STRENGTHS), args.conditional,
+                                   [g.strip() for g in args.guidance.split(",")], feature_sets)
+    adapter_tag = f"+{session.adapter_name}" if session.adapter_name else ""
+    out = Path(args.out or Path("steerchat-eval") / f"{session.model_name}{adapter_tag}")
+    if args.restart and (out / "results.jsonl").exists():
+        (out / "results.jsonl").unlink()
+    judge2 = None
+    if args.judge:
+        from steerchat.engine.pipelines.judge_model import ModelJudge
+
+        judge2 = ModelJudge.load(args.judge, threshold=args.judge_threshold)
+    print(f"steerchat eval: {len(settings)} settings × " + ", ".join(f"{s.name} {len(s.items)}" for s in sets)
+          + f" → {out}", file=sys.stderr)
+    report = run_sweep(session, sets, settings, out, max_new_tokens=args.max_new_tokens,
+                       math_tokens=args.math_tokens, batch_size=args.batch_size, mc_batch=args.batch_size, judge2=judge2, seed=args.seed,
+                       meta={"judge": args.judge, "sets": {s.name: s.source for s in sets}, "seed": args.seed,
+                             "adapter": args.adapter})
+    report["meta"]["limits"] = {s.name: len(s.items) for s in sets}
+    print(format_table(report["summary"], judge2=judge2 is not None))
+    goal = report["goal"]
+    if goal:
+        print(f"\nconditional steering at s={goal['strength']:g}: keeps {_pct(goal['gain_kept'])} of the unsafe-refusal "
+              f"gain ({_pp(goal['gain_cond'])} vs {_pp(goal['gain_uncond'])}); safe-refusal increase "
+              f"{_pp(goal['safe_increase_cond'])} vs {_pp(goal['safe_increase_uncond'])}; capability drop "
+              f"{_pp(goal['capability_drop_cond'])} vs {_pp(goal['capability_drop_uncond'])} → goal "
+              f"{'met' if goal['met'] else 'not met'}")
+    if args.judge_check:
+        _judge_check(args)
+    (out / "eval.json").write_text(json.dumps(report, indent=1))
+    print(f"\nreplies and verdicts: {out / 'eval.json'}", file=sys.stderr)
+    if not args.no_plot:
+        from steerchat.engine.pipelines.plot import plot_sweep
+
+        try:
+            png = plot_sweep(report["summary"], out / "eval.png", title=f"{session.model_name} + {session.sae_name}")
+            print(f"plot: {png}", file=sys.stderr)
+        except RuntimeError as exc:
+            print(f"steerchat eval: {exc}", file=sys.stderr)
+    if args.calibrate:
+        from steerchat.engine.pipelines.calibrate import choose_levels, write_levels
+
+        target = Path(args.levels_out) if args.levels_out else (
+            session.loaded.entry.levels_path if session.loaded.entry else None)
+        if target is None:
+            raise ValueError("this model has no registry entry; give --levels-out for the calibrated levels")
+        scale = choose_levels(report["summary"])
+        write_levels(scale, target, report)
+        print("calibrated levels → " + str(target))
+        for lv in scale.levels:
+            print(f"  {lv.name:7} s={lv.strength:g} {'conditional' if lv.conditional else 'always':11} "
+                  f"guidance={lv.guidance.value}")
+    return 0
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _pp(x) -> str:
+    return "n/a" if x is None else f"{100 * x:+.0f} pts"

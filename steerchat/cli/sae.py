@@ -1,0 +1,171 @@
+"""`steerchat sae collect` and `steerchat sae train`: the SAE pipeline from activations to a trained SAE.
+
+Only argparse at import time; the engine (and torch) is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+# The paper's configuration for Phi-3 Mini (O'Brien et al. 2024): layer 6, 8 x 3072 latents, k=32.
+# Estimates, not measured here (no GPU was available when this was written): the SAE with Adam
+# state and a 4096-token batch needs about 4-5 GB of GPU memory, the 4-bit model about 2.5 GB;
+# activations take 6 KB a token on disk (fp16), so 5M stored tokens are about 31 GB. On one
+# H100, generating replies dominates collection (tens of minutes for ~20k instructions at
+# 128 new tokens); 30M training tokens are about 7,300 steps, roughly 10-20 minutes.
+PRESETS = {
+    "paper-phi3": dict(model="phi-3-mini", layer=6, d_sae=24576, k=32, batch_size=4096, tokens=30_000_000,
+                       lr=2e-4, device="cuda", collect_batch_size=64, gen_batch_size=64, shard_tokens=131072),
+}
+
+
+def _add_sources(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sources (each FILE or FILE@START:END, repeatable)")
+    g.add_argument("--instructions", action="append", default=[], metavar="FILE",
+                   help="prompts the model answers itself (JSON/JSONL/CSV/text)")
+    g.add_argument("--pairs", action="append", default=[], metavar="FILE",
+                   help="question/answer rows teacher-forced in chat format (e.g. GSM8K JSONL)")
+    g.add_argument("--refusals", action="append", default=[], metavar="FILE",
+                   help="harmful prompts answered with teacher-forced refusal replies")
+    g.add_argument("--prompts", action="append", default=[], metavar="FILE", help="prompts alone, no reply")
+    g.add_argument("--texts", action="append", default=[], metavar="FILE", help="plain text files (paragraphs)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="reply length when the model answers (48)")
+    p.add_argument("--gen-batch-size", type=int, default=None, help="prompts per generation batch (32)")
+    p.add_argument("--collect-batch-size", type=int, default=None, help="documents per forward pass (16)")
+    p.add_argument("--shard-tokens", type=int, default=None, help="activations per shard file (16384)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sae", help="collect activations and train a sparse autoencoder",
+                       description="The SAE pipeline: `collect` hook-layer activations, then `train` a Top-k SAE.")
+    sae_sub = p.add_subparsers(dest="sae_command", metavar="SUBCOMMAND", required=True)
+
+    c = sae_sub.add_parser("collect", help="run chat text through the model and store hook-layer activations",
+                           description="Store hook-layer activations in chunked shards (resumable: rerun to continue).")
+    c.add_argument("--model", "-m", default="smollm2-135m", help="model (default smollm2-135m)")
+    c.add_argument("--layer", type=int, default=None, help="hook layer (default: the registry's)")
+    c.add_argument("--out", required=True, help="folder for the shards and manifest.json")
+    c.add_argument("--device", default="auto")
+    _add_sources(c)
+    c.set_defaults(run=run_collect)
+
+    t = sae_sub.add_parser("train", help="train a Top-k SAE on collected activations",
+                           description="Train a Top-k SAE (aux-k loss, unit decoder rows, Adam with warm-up and "
+                           "decay) and write an SAELens-layout folder. Resumes from the checkpoint in --out. "
+                           "With source flags and an empty --activations folder it collects first.")
+    t.add_argument("--activations", required=True, help="folder written by `steerchat sae collect`")
+    t.add_argument("--out", required=True, help="output SAE folder (cfg.json, sae_weights.safetensors)")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="paper-phi3: Phi-3 Mini, layer 6, 24576 latents, k=32, batch 4096, 30M tokens, on CUDA "
+                   "(about 5 GB of GPU memory for the SAE, 2.5 GB for the 4-bit model; ~31 GB of disk per 5M stored tokens)")
+    t.add_argument("--model", "-m", default=None, help="model, for the next-token-loss check (default smollm2-135m)")
+    t.add_argument("--layer", type=int, default=None)
+    t.add_argument("--d-sae", type=int, default=None, help="number of latents (default 8 x d_in)")
+    t.add_argument("--k", type=int, default=None, help="active latents per token (default 32)")
+    t.add_argument("--tokens", type=int, default=None, help="training tokens (default 3,000,000)")
+    t.add_argument("--batch-size", type=int, default=None, help="tokens per step (default 1024)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5%% of steps)")
+    t.add_argument("--aux-k", type=int, default=None, help="latents in the aux-k loss (default d_in/2)")
+    t.add_argument("--aux-coef", type=float, default=1 / 32, help="weight of the aux-k loss (1/32)")
+    t.add_argument("--dead-tokens", type=int, default=None, help="a latent idle this many tokens is dead (default 200,000)")
+    t.add_argument("--holdout", type=float, default=0.1, help="fraction of shards held out for evaluation (0.1)")
+    t.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (500)")
+    t.add_argument("--eval-docs", type=int, default=64, help="held-out documents for the next-token-loss check (0: skip)")
+    t.add_argument("--device", default=None, help="auto, cpu or cuda")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save-dtype", choices=("float16", "float32"), default="float16")
+    _add_sources(t)
+    t.set_defaults(run=run_train)
+
+
+def _sources(args) -> list:
+    from steerchat.engine.pipelines.activations import Source
+
+    out = []
+    for kind in ("instructions", "pairs", "refusals", "prompts", "texts"):
+        out += [Source.parse(kind, spec) for spec in getattr(args, kind)]
+    return out
+
+
+def _collect_config(args, model: str, layer: int | None, preset: dict):
+    from steerchat.engine.pipelines.activations import CollectConfig
+    from steerchat.models import get_entry
+
+    if layer is None:
+        entry = get_entry(model)
+        if entry is None:
+            raise SystemExit(f"steerchat: {model} is not in the registry; give --layer")
+        layer = entry.hook_layer
+    kw = dict(max_new_tokens=args.max_new_tokens)
+    for name, default in (("gen_batch_size", 32), ("collect_batch_size", 16), ("shard_tokens", 16384)):
+        value = getattr(args, name) or preset.get(name, default)
+        kw["batch_size" if name == "collect_batch_size" else name] = value
+    return CollectConfig(model=model, hook_layer=layer, sources=_sources(args), **kw)
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    import torch  # noqa: F401  (imported here, never at module level)
+
+    from steerchat.engine.pipelines.activations import collect
+    from steerchat.engine.core.api import EngineError
+
+    try:
+        cfg = _collect_config(args, args.model, args.layer, {})
+        if not cfg.sources:
+            print("steerchat: give at least one source (--instructions, --pairs, --refusals, --prompts, --texts)",
+                  file=sys.stderr)
+            return 2
+        t0 = time.perf_counter()
+        m = collect(cfg, args.out, device=args.device)
+    except EngineError as exc:
+        print(f"steerchat: {exc}", file=sys.stderr)
+        return 1
+    print(f"{m.tokens:,} activations from {m.docs_total:,} documents in {len(m.shards)} shards "
+          f"({time.perf_counter() - t0:.0f} s); excluded {m.excluded}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from steerchat.engine.core.api import EngineError
+    from steerchat.engine.pipelines.activations import MANIFEST, Manifest, collect
+    from steerchat.engine.pipelines.sae_train import TrainConfig, train
+    from steerchat.cli.features import command_line
+
+    preset = PRESETS.get(args.preset, {}) if args.preset else {}
+    model = args.model or preset.get("model", "smollm2-135m")
+    device = args.device or preset.get("device", "auto")
+    try:
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise EngineError("training on cuda (as --preset paper-phi3 does) needs a CUDA GPU, and none is visible")
+        act = Path(args.activations)
+        manifest = Manifest.load(act) if (act / MANIFEST).is_file() else None
+        if manifest is None or not manifest.complete:
+            cfg = _collect_config(args, model, args.layer if args.layer is not None else preset.get("layer"), preset)
+            if not cfg.sources and manifest is None:
+                raise EngineError(f"{act / MANIFEST}: missing; collect first, or pass source flags to collect now")
+            manifest = collect(cfg, act, device=device)
+        d_in = manifest.d_in
+        tc = TrainConfig(
+            d_sae=args.d_sae or preset.get("d_sae", 8 * d_in), k=args.k or preset.get("k", 32),
+            tokens=args.tokens or preset.get("tokens", 3_000_000), batch_size=args.batch_size or preset.get("batch_size", 1024),
+            lr=args.lr or preset.get("lr", 1e-3), warmup=args.warmup, aux_k=args.aux_k, aux_coef=args.aux_coef,
+            dead_tokens=args.dead_tokens or 200_000, holdout=args.holdout, checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+        )
+        report = train(tc, act, args.out, device=device, model=model if args.eval_docs else None,
+                       eval_docs=args.eval_docs, save_dtype=args.save_dtype, command=command_line(args, "sae", "train"))
+    except EngineError as exc:
+        print(f"steerchat: {exc}", file=sys.stderr)
+        return 1
+    for key, value in report.items():
+        if not isinstance(value, (dict, list)):
+            print(f"{key:>22}: {value}")
+    print(f"wrote {args.out} (report in training.json)")
+    return 0

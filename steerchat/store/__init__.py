@@ -1,0 +1,9 @@
+"""The chat store: every chat, message and trace in one SQLite database, with a schema version.
+
+Shared by the UI (which writes chats as they happen) and the align pipeline (which reads
+the replies users flagged as bad). Pure Python, no torch, no Textual.
+"""
+
+from steerchat.store.history import ChatRow, MessageRow, Store
+
+__all__ = ["ChatRow", "MessageRow", "Store"]
