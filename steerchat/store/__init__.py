@@ -4,6 +4,7 @@ Shared by the UI (which writes chats as they happen) and the align pipeline (whi
 the replies users flagged as bad). Pure Python, no torch, no Textual.
 """
 
-from steerchat.store.history import ChatRow, MessageRow, Store
+from steerchat.store.errors import StoreError
+from steerchat.store.history import ChatRow, FlaggedReply, MessageRow, Store
 
-__all__ = ["ChatRow", "MessageRow", "Store"]
+__all__ = ["ChatRow", "FlaggedReply", "MessageRow", "Store", "StoreError"]

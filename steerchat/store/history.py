@@ -3,6 +3,8 @@
 WAL mode and a commit per write, so a crash or kill loses at most the reply in flight.
 A reply is inserted as 'streaming' when the turn starts and its partial text is saved
 every half second; on the next open any row still 'streaming' becomes 'interrupted'.
+The schema and its versions live in upgrades.py; opening a database brings it up to date.
+The align pipeline reads it through `Store.open_existing`, which never writes.
 """
 
 from __future__ import annotations
@@ -13,32 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-STATUSES = ("ok", "stopped", "interrupted", "error", "streaming")
+from steerchat.store import upgrades
+from steerchat.store.errors import StoreError
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS chats (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    title TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    model TEXT NOT NULL,
-    sae TEXT,
-    system TEXT
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
-    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-    content TEXT NOT NULL,
-    level TEXT,
-    trace_json TEXT,
-    status TEXT NOT NULL DEFAULT 'ok'
-        CHECK (status IN ('ok', 'stopped', 'interrupted', 'error', 'streaming')),
-    created REAL NOT NULL,
-    flagged_bad INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS messages_chat ON messages(chat_id, id);
-"""
+STATUSES = ("ok", "stopped", "interrupted", "error", "streaming")
 
 
 @dataclass
@@ -66,6 +46,16 @@ class MessageRow:
     flagged_bad: bool
 
 
+@dataclass
+class FlaggedReply:
+    """A reply flagged as bad and the user message it answered ('' when the chat has none before it)."""
+
+    chat_id: int
+    message_id: int
+    user_text: str
+    reply: str
+
+
 class Store:
     """The history database. One connection, guarded by a lock so a worker may write too."""
 
@@ -73,15 +63,49 @@ class Store:
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+        self._attach(path, sqlite3.connect(str(path), check_same_thread=False, isolation_level=None))
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
-        self._db.executescript(_SCHEMA)
+        try:
+            upgrades.upgrade(self._db, path)
+        except StoreError:
+            self._db.close()
+            raise
         self.recovered = self._recover_interrupted()
+
+    @classmethod
+    def open_existing(cls, path: Path | str) -> Store:
+        """Open an existing history database read-only: nothing is created, migrated or recovered.
+
+        For readers such as the align pipeline, so a chat running in the UI is not disturbed
+        (its reply in flight stays 'streaming'). Raises StoreError when there is no file at
+        `path`, when it is not a steerchat history database, or when it is at another schema
+        version (the UI upgrades it on its next open). Writing through the result fails.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"no history database at {path}")
+        store = cls.__new__(cls)
+        try:
+            db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True,
+                                 check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the history database ({exc}).") from None
+        store._attach(path, db)
+        try:
+            upgrades.check_readable(db, path)
+        except StoreError:
+            db.close()
+            raise
+        store.recovered = 0
+        return store
+
+    def _attach(self, path: Path, db: sqlite3.Connection) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = db
+        self._db.row_factory = sqlite3.Row
 
     def _write(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         # isolation_level=None: every statement is its own committed transaction.
@@ -191,3 +215,20 @@ class Store:
         for r in rows:
             out.extend(m for m in self.messages(r["chat_id"]) if m.id == r["id"])
         return out
+
+    def flagged_mistakes(self) -> list[FlaggedReply]:
+        """Every assistant reply flagged as bad, oldest first, with the user message it answered.
+
+        That is the last user message before the reply in the same chat. Raises StoreError
+        naming the file when the database cannot be read (a damaged file opens but fails here).
+        """
+        try:
+            rows = self._read(
+                "SELECT m.id, m.chat_id, m.content, "
+                "(SELECT u.content FROM messages u WHERE u.chat_id = m.chat_id AND u.id < m.id "
+                "AND u.role = 'user' ORDER BY u.id DESC LIMIT 1) AS user_text "
+                "FROM messages m WHERE m.flagged_bad = 1 AND m.role = 'assistant' ORDER BY m.id"
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot read the history database ({exc}).") from None
+        return [FlaggedReply(r["chat_id"], r["id"], r["user_text"] or "", r["content"]) for r in rows]

@@ -7,13 +7,13 @@ request: a refusal is not a mistake to learn from.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from steerchat.engine.pipelines.align.generation import Progress, generate_stage
 from steerchat.engine.pipelines.align.prompts import induce_prompt
 from steerchat.engine.pipelines.align.records import AlignError, Mistake, mark_done, read_jsonl
 from steerchat.engine.core.levels import SafetySettings
+from steerchat.store import Store, StoreError
 
 INSTRUCTION_KEYS = ("instruction", "prompt", "question")
 REPLY_KEYS = ("bad_reply", "reply", "response", "output", "answer")
@@ -76,29 +76,16 @@ def load_mistakes(path: Path, source: str | None = None) -> list[Mistake]:
 def mistakes_from_history(db_path: Path) -> list[Mistake]:
     """Replies flagged as bad in the chat history, each with the user message it answered.
 
-    Opens the database read-only, so a running chat is not disturbed.
+    Opens the database read-only, so a running chat is not disturbed; a flagged reply
+    with no user message before it, or with empty text, is skipped.
     """
-    db_path = Path(db_path)
-    if not db_path.is_file():
-        raise AlignError(f"{db_path}: no chat history there")
     try:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise AlignError(f"{db_path}: cannot open the chat history ({exc})") from None
-    try:
-        flagged = db.execute(
-            "SELECT id, chat_id, content FROM messages WHERE flagged_bad=1 AND role='assistant' ORDER BY id"
-        ).fetchall()
-        out = []
-        for mid, chat_id, content in flagged:
-            user = db.execute(
-                "SELECT content FROM messages WHERE chat_id=? AND id<? AND role='user' ORDER BY id DESC LIMIT 1",
-                (chat_id, mid),
-            ).fetchone()
-            if user and user[0].strip() and content.strip():
-                out.append(Mistake(user[0], content, f"history:chat{chat_id}/message{mid}"))
-        return out
-    except sqlite3.Error as exc:
-        raise AlignError(f"{db_path}: not a steerchat history database ({exc})") from None
-    finally:
-        db.close()
+        store = Store.open_existing(db_path)
+        try:
+            flagged = store.flagged_mistakes()
+        finally:
+            store.close()
+    except StoreError as exc:
+        raise AlignError(f"no chat history to learn from: {exc}") from None
+    return [Mistake(f.user_text, f.reply, f"history:chat{f.chat_id}/message{f.message_id}")
+            for f in flagged if f.user_text.strip() and f.reply.strip()]

@@ -1,3 +1,5 @@
+"""The history store: WAL, commit per write, crash recovery, and the chat and message calls."""
+
 import sqlite3
 
 from steerchat.store import Store
