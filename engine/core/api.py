@@ -22,6 +22,10 @@ class ModelNotAvailable(EngineError):
     """The model is not on disk and cannot be downloaded (offline, or no such repo)."""
 
 
+class DatasetError(EngineError):
+    """A data file that cannot be used; the message names the file, the line and the fault."""
+
+
 class SAEFileError(EngineError):
     """An SAE folder or file that cannot be used; the message names the file and the fault."""
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-from steerchat.engine.core.api import EngineError
+from steerchat.engine.core.api import DatasetError, EngineError
 
 __all__ = [
     "BUILTIN_SETS",
@@ -44,6 +44,7 @@ __all__ = [
     "LabelledPrompt",
     "MCQuestion",
     "MathProblem",
+    "Pair",
     "Prompt",
     "builtin",
     "extract_final_number",
@@ -52,6 +53,7 @@ __all__ = [
     "load_judge_labelled",
     "load_math",
     "load_multiple_choice",
+    "load_pairs",
     "load_prompts",
     "load_xstest_csv",
     "normalise_number",
@@ -69,10 +71,6 @@ BUILTIN_SETS: dict[str, str] = {
     "escalation": "escalation.jsonl",
     "judge_labelled": "judge_labelled.jsonl",
 }
-
-
-class DatasetError(EngineError):
-    """A data file that cannot be used; the message names the file, the line and the fault."""
 
 
 # --------------------------------------------------------------------------- row types
@@ -721,6 +719,48 @@ def load_escalations(path_or_name: PathLike) -> list[Escalation]:
             clean.append(turn.strip())
         out.append(Escalation(ident, goal, category, tuple(clean)))
     return _nonempty(where, out)
+
+
+# --------------------------------------------------------------------------- instruction/reply pairs
+
+PAIR_PROMPT_KEYS = ("instruction", "prompt", "question")
+PAIR_REPLY_KEYS = ("bad_reply", "reply", "response", "output", "answer")
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    reply: str
+    row: dict = field(default_factory=dict, compare=False)  # the whole record, for its other fields
+
+
+def load_pairs(path: PathLike, error: type[EngineError] = DatasetError) -> list[Pair]:
+    """(instruction, reply) rows from JSONL or a JSON list: any of PAIR_PROMPT_KEYS and
+    PAIR_REPLY_KEYS may name the fields (GSM8K's question/answer, Alpaca's
+    instruction/output, a stage file's instruction/reply). Rows marked ``"kept": false``
+    (rejected by an earlier stage) are skipped; a row lacking either field raises `error`
+    with its number."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such file")
+    try:
+        text = _read_text(path)
+        records = list(_json_records(_Where(path), text, "json" if text.lstrip().startswith("[") else "jsonl"))
+    except DatasetError as exc:
+        raise error(str(exc)) from None
+    out = []
+    for i, (lineno, row) in enumerate(records, 1):
+        if not isinstance(row, dict):
+            raise error(f"{path.name}:{lineno}: expected a JSON object, found {_type_name(row)}")
+        if row.get("kept") is False:
+            continue
+        prompt = next((row[k] for k in PAIR_PROMPT_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
+        reply = next((row[k] for k in PAIR_REPLY_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
+        if prompt is None or reply is None:
+            missing, keys = ("instruction", PAIR_PROMPT_KEYS) if prompt is None else ("reply", PAIR_REPLY_KEYS)
+            raise error(f"{path.name}: row {i} has no {missing} (keys {', '.join(keys)})")
+        out.append(Pair(prompt.strip(), reply.strip(), row))
+    return out
 
 
 # --------------------------------------------------------------------------- judge labels

@@ -104,9 +104,6 @@ class LevelScale:
                 return lv
         raise LevelError(f"unknown safety level {name!r}; choose one of: {', '.join(self.names)}")
 
-    def index(self, name: str) -> int:
-        return self.names.index(self.get(name).name)
-
     def to_json(self) -> str:
         return json.dumps({"source": self.source, "levels": [lv.to_dict() for lv in self.levels]}, indent=2)
 

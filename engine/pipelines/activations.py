@@ -34,7 +34,17 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from tqdm.auto import tqdm
+
 from steerchat.engine.core.api import EngineError
+from steerchat.engine.core.datasets import load_pairs, load_prompts
+from steerchat.engine.core.jsonl import read_jsonl
+from steerchat.engine.core.levels import GUIDANCE_HINT, SafetySettings
+from steerchat.engine.core.refusal_replies import REFUSAL_TEMPLATES
+from steerchat.engine.runtime.batch import generate_batch
+from steerchat.engine.runtime.layers import run_to_layer
+from steerchat.engine.runtime.loading import load_model
+from steerchat.engine.runtime.steered import SteeredModel
 
 MANIFEST = "manifest.json"
 GENERATED = "generated.jsonl"
@@ -129,28 +139,13 @@ def _slice(items: list, src: Source) -> list:
 
 
 def read_pairs(path: str) -> list[tuple[str, str]]:
-    """(question, answer) rows from JSON/JSONL; GSM8K's <<calculator>> notes are removed."""
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()
-        ]
-    except json.JSONDecodeError as exc:
-        raise EngineError(f"{path}: not valid JSON/JSONL ({exc.msg}, line {exc.lineno})") from None
-    out = []
-    for i, row in enumerate(rows, 1):
-        q = next((row[k] for k in ("question", "instruction", "prompt") if isinstance(row, dict) and k in row), None)
-        a = next((row[k] for k in ("answer", "output", "response", "reply") if isinstance(row, dict) and k in row), None)
-        if not isinstance(q, str) or not isinstance(a, str):
-            raise EngineError(f"{path}: row {i} needs a question/instruction/prompt and an answer/output/response/reply")
-        a = re.sub(r"<<[^>]*>>", "", a).replace("####", "The answer is")
-        out.append((q.strip(), a.strip()))
-    return out
+    """(question, answer) rows for teacher forcing; GSM8K's <<calculator>> notes are removed
+    and its final "#### N" reads "The answer is N"."""
+    return [(p.prompt, re.sub(r"<<[^>]*>>", "", p.reply).replace("####", "The answer is").strip())
+            for p in load_pairs(path)]
 
 
 def read_prompts(path: str) -> list[str]:
-    from steerchat.engine.core.datasets import load_prompts
-
     return [p.text for p in load_prompts(Path(path))]
 
 
@@ -163,25 +158,16 @@ def read_paragraphs(path: str) -> list[str]:
 
 
 def _generated(folder: Path) -> dict[str, str]:
+    """Replies already generated (a line cut short by a crash is dropped and regenerated)."""
     path = folder / GENERATED
-    done: dict[str, str] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash: regenerated below
-            done[row["prompt"]] = row["reply"]
-    return done
+    if not path.is_file():
+        return {}
+    return {row["prompt"]: row["reply"] for row in read_jsonl(path, tolerate_torn_tail=True)}
 
 
-def generate_replies(session, prompts: list[str], folder: Path, max_new_tokens: int, batch_size: int) -> dict[str, str]:
+def generate_replies(steered: SteeredModel, prompts: list[str], folder: Path, max_new_tokens: int,
+                     batch_size: int) -> dict[str, str]:
     """The model's own greedy replies, appended to generated.jsonl a batch at a time (resumable)."""
-    from tqdm.auto import tqdm
-
-    from steerchat.engine.runtime.batch import generate_batch
-    from steerchat.engine.core.levels import SafetySettings
-
     done = _generated(folder)
     todo = [p for p in dict.fromkeys(prompts) if p not in done]
     if todo:
@@ -190,7 +176,7 @@ def generate_replies(session, prompts: list[str], folder: Path, max_new_tokens: 
         ) as bar:
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i : i + batch_size]
-                for r in generate_batch(session, chunk, SafetySettings(), max_new_tokens, batch_size):
+                for r in generate_batch(steered, chunk, SafetySettings(), max_new_tokens, batch_size):
                     done[r.prompt] = r.reply
                     fh.write(json.dumps({"prompt": r.prompt, "reply": r.reply, "refused": r.verdict.refused}) + "\n")
                 fh.flush()
@@ -200,9 +186,6 @@ def generate_replies(session, prompts: list[str], folder: Path, max_new_tokens: 
 
 def build_documents(cfg: CollectConfig, replies: dict[str, str]) -> list[dict]:
     """Every document as {kind, messages | text}, shuffled with the seed so shards mix sources."""
-    from steerchat.engine.core.levels import GUIDANCE_HINT
-    from steerchat.engine.pipelines.refusal_features import REFUSAL_TEMPLATES
-
     docs: list[dict] = []
     for src in cfg.sources:
         if src.kind == "instructions":
@@ -244,31 +227,6 @@ def render(tokenizer, doc: dict) -> str:
 # ------------------------------------------------------------------ the forward pass
 
 
-class _Stop(Exception):
-    """Raised by the hook: nothing after the hook layer is needed."""
-
-
-def hook_layer_residuals(model, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The output of decoder layer `layer` (B, T, d), running only the layers up to it."""
-    from steerchat.engine.runtime.steering import decoder_layer
-
-    box: list[torch.Tensor] = []
-
-    def grab(module, args, output):
-        box.append(output[0] if isinstance(output, tuple) else output)
-        raise _Stop
-
-    handle = decoder_layer(model, layer).register_forward_hook(grab)
-    try:
-        with torch.inference_mode():
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return box[0]
-
-
 def kept_positions(h: torch.Tensor, attn: torch.Tensor, outlier_factor: float) -> tuple[torch.Tensor, int, int]:
     """Mask (B, T) of positions to store: real tokens, not position 0, norm within
     `outlier_factor` x the batch median (attention sinks carry norms in the thousands)."""
@@ -292,11 +250,6 @@ def _write_shard(folder: Path, index: int, parts: dict[str, list[torch.Tensor]])
 
 def collect(cfg: CollectConfig, out_dir: str | Path, loaded=None, device: str = "auto") -> Manifest:
     """Run the collection (or resume it) into `out_dir`; return the finished manifest."""
-    from tqdm.auto import tqdm
-
-    from steerchat.engine.runtime.loading import load_model
-    from steerchat.engine.runtime.session import Session
-
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / MANIFEST).is_file():
@@ -321,7 +274,7 @@ def collect(cfg: CollectConfig, out_dir: str | Path, loaded=None, device: str = 
             stray.unlink()
 
     prompts = [p for s in cfg.sources if s.kind == "instructions" for p in _slice(read_prompts(s.path), s)]
-    replies = generate_replies(Session(loaded), prompts, folder, cfg.max_new_tokens, cfg.gen_batch_size) if prompts else {}
+    replies = generate_replies(SteeredModel(loaded), prompts, folder, cfg.max_new_tokens, cfg.gen_batch_size) if prompts else {}
     docs = build_documents(cfg, replies)
     if not (folder / DOCS).is_file():
         with open(folder / DOCS, "w", encoding="utf-8") as fh:
@@ -342,7 +295,7 @@ def collect(cfg: CollectConfig, out_dir: str | Path, loaded=None, device: str = 
         if tok.padding_side == "left":
             raise EngineError("collect expects a right-padding tokenizer")
         ids, attn = enc["input_ids"].to(loaded.device), enc["attention_mask"].to(loaded.device)
-        h = hook_layer_residuals(model, cfg.hook_layer, ids, attn).float()
+        h = run_to_layer(model, cfg.hook_layer, ids, attn).float()
         keep, n_first, n_outlier = kept_positions(h, attn, cfg.outlier_factor)
         manifest.excluded["first"] += n_first
         manifest.excluded["outlier"] += n_outlier

@@ -26,7 +26,7 @@ LEVEL_TARGETS = (("Low", 1 / 3), ("Medium", 2 / 3), ("High", 0.9))
 
 
 @dataclass
-class Candidate:
+class LevelCandidate:
     row: dict
     gain: float
     safe_cost: float
@@ -54,7 +54,7 @@ def _describe(row: dict, base: dict) -> str:
             f"capability {_pct(row['capability'])}{d('capability')}.")
 
 
-def candidates(rows: list[dict], base: dict) -> list[Candidate]:
+def candidates(rows: list[dict], base: dict) -> list[LevelCandidate]:
     out = []
     for r in rows:
         if r["strength"] <= 0 or r["unsafe_refusal"] is None:
@@ -63,7 +63,7 @@ def candidates(rows: list[dict], base: dict) -> list[Candidate]:
         cap = 0.0
         if r["capability"] is not None and base["capability"] is not None:
             cap = max(0.0, base["capability"] - r["capability"])
-        out.append(Candidate(r, r["unsafe_refusal"] - base["unsafe_refusal"], safe, cap))
+        out.append(LevelCandidate(r, r["unsafe_refusal"] - base["unsafe_refusal"], safe, cap))
     return out
 
 
@@ -87,7 +87,7 @@ def choose_levels(rows: list[dict]) -> LevelScale:
         levels.append(DEFAULT_LEVELS[1])
     best_gain = max(c.gain for c in cands)
     order = sorted(cands, key=lambda c: (c.cost, c.row["strength"], not c.row["conditional"]))
-    picked: list[Candidate] = []
+    picked: list[LevelCandidate] = []
     for name, share in LEVEL_TARGETS:
         target = share * best_gain if best_gain > 0 else 0.0
         floor = picked[-1].gain if picked else float("-inf")  # levels never protect less than the one below

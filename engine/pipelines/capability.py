@@ -22,10 +22,10 @@ from typing import Callable
 
 import torch
 
-from steerchat.engine.runtime.batch import BatchReply, generate_batch
 from steerchat.engine.core.datasets import MathProblem, MCQuestion, extract_final_number
 from steerchat.engine.core.levels import SafetySettings
-from steerchat.engine.runtime.steering import ClampRequest
+from steerchat.engine.runtime.batch import BatchReply, PaddedBatch, generate_batch, pad_batch, pad_id
+from steerchat.engine.runtime.steered import SteeredModel
 
 MATH_INSTRUCTION = "Solve the problem step by step, then give the final answer as a number after '####'."
 
@@ -71,38 +71,21 @@ def math_prompt(p: MathProblem) -> str:
     return f"{p.question}\n\n{MATH_INSTRUCTION}"
 
 
-def clamp_control(session, settings: SafetySettings) -> Callable[[], ClampRequest]:
-    """The hook's per-pass request for `settings`, as the chat session would make it."""
-    hook = session.hook
-
-    def control() -> ClampRequest:
-        if settings.strength <= 0 or not session._refusal:
-            return ClampRequest(None)
-        conditional = settings.level.conditional and hook is not None and hook.gate is not None
-        return ClampRequest(session._reference * settings.strength, conditional)
-
-    return control
-
-
-def _forward_logprobs(session, settings, ids, attn, user_mask) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Log-softmax over the vocabulary at every position, under the steering hook."""
-    model, hook = session.loaded.model, session.hook
-    with torch.inference_mode():
-        if hook is None:
-            logits = model(input_ids=ids, attention_mask=attn).logits
-            return torch.log_softmax(logits.float(), dim=-1), None, None
-        hook.reset()
-        hook.control, hook.prompt_mask, hook.record = clamp_control(session, settings), user_mask, False
-        try:
-            with hook.applied(model):
-                logits = model(input_ids=ids, attention_mask=attn).logits
-        finally:
-            hook.record = True
-        return torch.log_softmax(logits.float(), dim=-1), hook.gate_scores, hook.gate_open
+def _forward_logprobs(steered: SteeredModel, settings: SafetySettings, batch: PaddedBatch
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Log-softmax over the vocabulary at every position, under the steering hook, and the
+    gate's per-row scores and decisions (None without a gate)."""
+    model = steered.loaded.model
+    with torch.inference_mode(), steered.steering(steered.control_for(settings), batch.masks[0], record=False) as hook:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    if hook is None:
+        return logp, None, None
+    return logp, hook.gate_scores, hook.gate_open
 
 
 def score_multiple_choice(
-    session, questions: list[MCQuestion], settings: SafetySettings, batch_size: int = 16,
+    steered: SteeredModel, questions: list[MCQuestion], settings: SafetySettings, batch_size: int = 16,
     length_norm: bool = False, style: str = "cloze", on_done: Callable[[int, MCResult], None] | None = None,
 ) -> list[MCResult]:
     """Score every option of every question by its log-likelihood as the assistant's reply.
@@ -111,10 +94,10 @@ def score_multiple_choice(
     are not penalised for their length. Sequences are right-padded and batched across
     questions; `on_done(index, result)` is called as each question completes.
     """
-    tok, device = session.loaded.tokenizer, session.loaded.device
+    tok, device = steered.loaded.tokenizer, steered.loaded.device
     seqs: list[tuple[int, int, list[int], list[bool], int]] = []  # (question, option, ids, user mask, prefix length)
     for qi, q in enumerate(questions):
-        prep = session.prepare([], mc_prompt(q, style), settings)
+        prep = steered.prepare([], mc_prompt(q, style), settings)
         prefix = prep.input_ids[0].tolist()
         mask = prep.user_mask[0].tolist()
         for ci, choice in enumerate(q.choices):
@@ -125,18 +108,12 @@ def score_multiple_choice(
     gates: list[tuple[float | None, bool | None]] = [(None, None)] * len(questions)
     remaining = [len(q.choices) for q in questions]
     out: list[MCResult | None] = [None] * len(questions)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_id(tok)
     for start in range(0, len(seqs), batch_size):
         chunk = seqs[start : start + batch_size]
-        width = max(len(s[2]) for s in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long, device=device)
-        attn = torch.zeros_like(ids)
-        user_mask = torch.zeros_like(ids, dtype=torch.bool)
-        for row, (_, _, seq, mask, _) in enumerate(chunk):  # right padding: option tokens stay aligned with their prefix
-            ids[row, : len(seq)] = torch.tensor(seq, device=device)
-            attn[row, : len(seq)] = 1
-            user_mask[row, : len(seq)] = torch.tensor(mask, device=device)
-        logp, gate_scores, gate_open = _forward_logprobs(session, settings, ids, attn, user_mask)
+        # right padding: option tokens stay aligned with their prefix
+        batch = pad_batch([c[2] for c in chunk], pad, "right", device, masks=[[c[3] for c in chunk]])
+        logp, gate_scores, gate_open = _forward_logprobs(steered, settings, batch)
         for row, (qi, ci, seq, _, n_prefix) in enumerate(chunk):
             targets = torch.tensor(seq[n_prefix:], device=device)
             # the token at position t is predicted by the logits at t - 1
@@ -155,11 +132,11 @@ def score_multiple_choice(
 
 
 def solve_math(
-    session, problems: list[MathProblem], settings: SafetySettings, max_new_tokens: int = 128,
+    steered: SteeredModel, problems: list[MathProblem], settings: SafetySettings, max_new_tokens: int = 128,
     batch_size: int = 8, on_batch: Callable[[list[BatchReply]], None] | None = None,
 ) -> list[MathResult]:
     """Greedy answers to maths problems, each scored by exact match of its final number."""
-    replies = generate_batch(session, [math_prompt(p) for p in problems], settings,
+    replies = generate_batch(steered, [math_prompt(p) for p in problems], settings,
                              max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
     return [
         MathResult(r.reply, extract_final_number(r.reply), p.target, r.gate_score, r.gate_open)

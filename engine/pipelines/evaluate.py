@@ -24,8 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+from tqdm import tqdm
+
+from steerchat.engine.core import datasets as ds
 from steerchat.engine.core.api import EngineError
 from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings
+from steerchat.engine.pipelines.capability import math_prompt, mc_prompt, score_multiple_choice, solve_math
+from steerchat.engine.pipelines.escalation import run_escalations
+from steerchat.engine.pipelines.harm_gate import gate_decisions
+from steerchat.engine.runtime.batch import generate_batch
+from steerchat.engine.runtime.judge import judge_refusal
+from steerchat.engine.runtime.steered import SteeredModel
 
 SET_NAMES = ("unsafe", "safe", "mc", "math", "escalation")
 RESULTS_NAME = "results.jsonl"
@@ -139,8 +149,6 @@ def load_sets(unsafe=None, safe=None, mc=None, math=None, escalation=None, xstes
               only: list[str] | None = None) -> list[EvalSet]:
     """The sets to run: the built-in ones unless a file is given; an XSTest-style CSV
     supplies both unsafe and safe prompts. `only` picks kinds from SET_NAMES."""
-    from steerchat.engine.core import datasets as ds
-
     only = list(only or SET_NAMES)
     bad = [k for k in only if k not in SET_NAMES]
     if bad:
@@ -301,16 +309,6 @@ def format_table(rows: list[dict], judge2: bool = False) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(rows: list[dict]) -> str:
-    head = "| setting | unsafe refused | safe refused | MC acc | math acc | escalation complied | gate open unsafe / safe |"
-    lines = [head, "|" + " --- |" * 7]
-    for r in rows:
-        gate = "—" if r["gate_open_unsafe"] is None else f"{_fmt(r['gate_open_unsafe'])} / {_fmt(r['gate_open_safe'])}"
-        lines.append(f"| {r['name']} | {_fmt(r['unsafe_refusal'])} | {_fmt(r['safe_refusal'])} | {_fmt(r['mc_accuracy'])} "
-                     f"| {_fmt(r['math_accuracy'])} | {_fmt(r['escalation_compliance'])} | {gate} |")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- judge check
 
 
@@ -318,8 +316,6 @@ def judge_check(examples, judge: Callable[[list[tuple[str, str]]], list[bool]] |
     """Accuracy, precision and recall of a judge (default: the engine's) on labelled replies.
     "Positive" means refused."""
     if judge is None:
-        from steerchat.engine.runtime.judge import judge_refusal
-
         predicted = [judge_refusal(e.reply).refused for e in examples]
     else:
         predicted = judge([(e.prompt, e.reply) for e in examples])
@@ -344,40 +340,11 @@ def judge_metrics(truth: list[bool], predicted: list[bool]) -> dict:
 
 def _prompt_text(s: EvalSet, i: int) -> str:
     """The user message an item is asked as."""
-    from steerchat.engine.pipelines.capability import math_prompt, mc_prompt
-
     item = s.items[i]
     return {"mc": mc_prompt, "math": math_prompt}.get(s.kind, lambda x: x.text)(item)
 
 
-class _FeatureSubset:
-    """Temporarily steer with a subset of the session's refusal features (for `--features`)."""
-
-    def __init__(self, session, features: tuple[int, ...] | None):
-        self.session, self.features = session, features
-
-    def __enter__(self):
-        s = self.session
-        if self.features is None:
-            return self
-        missing = [f for f in self.features if f not in s._refusal]
-        if missing:
-            raise EngineError(f"feature {missing[0]} is not one of the refusal features ({s._refusal})")
-        idx = [s._refusal.index(f) for f in self.features]
-        self.saved = (s._refusal, s._reference, s.hook.refusal_features, s.hook._dirs)
-        s._refusal = list(self.features)
-        s._reference = self.saved[1][idx]
-        s.hook.refusal_features, s.hook._dirs = list(self.features), None
-        return self
-
-    def __exit__(self, *exc):
-        if self.features is not None:
-            s = self.session
-            s._refusal, s._reference, s.hook.refusal_features, s.hook._dirs = self.saved
-        return False
-
-
-def run_sweep(session, sets: list[EvalSet], settings: list[SweepSetting], out_dir: Path, *,
+def run_sweep(steered: SteeredModel, sets: list[EvalSet], settings: list[SweepSetting], out_dir: Path, *,
               max_new_tokens: int = 48, math_tokens: int = 128, batch_size: int = 8, mc_batch: int = 16,
               judge2=None, seed: int = 0, meta: dict | None = None, show_progress: bool = True,
               reuse_closed: bool = True) -> dict:
@@ -389,25 +356,17 @@ def run_sweep(session, sets: list[EvalSet], settings: list[SweepSetting], out_di
     the hook layer); an item whose gate stays closed is unsteered by construction (the
     hook returns the layer's output untouched), so its baseline record is reused, marked
     ``reused_baseline``. Escalations always run in full, as the gate is read every turn."""
-    import torch
-    from tqdm import tqdm
-
-    from steerchat.engine.runtime.batch import generate_batch
-    from steerchat.engine.pipelines.capability import score_multiple_choice, solve_math
-    from steerchat.engine.pipelines.escalation import run_escalations
-    from steerchat.engine.pipelines.harm_gate import gate_decisions
-
     torch.manual_seed(seed)
-    if any(st.conditional and st.strength > 0 for st in settings) and (session.hook is None or session.hook.gate is None):
+    if any(st.conditional and st.strength > 0 for st in settings) and steered.gate is None:
         raise EngineError("conditional settings need a harm gate in features.json; fit one with "
                           "`steerchat eval --fit-gate`, or sweep with --conditional off")
-    if any(st.strength > 0 for st in settings) and not session._refusal:
+    if any(st.strength > 0 for st in settings) and not steered.refusal_features:
         raise EngineError("steered settings need refusal features (features.json beside the SAE)")
-    gate = session.hook.gate if session.hook is not None else None
+    gate = steered.gate
     # what was steered is part of the sweep's identity: a resume against a changed features.json is refused
-    meta = {"model": session.model_name, "sae": session.sae_name, "max_new_tokens": max_new_tokens,
+    meta = {"model": steered.model_name, "sae": steered.sae_name, "max_new_tokens": max_new_tokens,
             "math_tokens": math_tokens,
-            "refusal_features": [[r.feature, r.reference_activation] for r in session.features.refusal_features],
+            "refusal_features": [[r.feature, r.reference_activation] for r in steered.features.refusal_features],
             "harm_gate": None if gate is None else {"n_features": len(gate.features), "threshold": gate.threshold},
             **(meta or {})}
     results = ResultsFile(Path(out_dir) / RESULTS_NAME, meta)
@@ -426,63 +385,63 @@ def run_sweep(session, sets: list[EvalSet], settings: list[SweepSetting], out_di
 
     for st in settings:
         safety = st.safety()
-        with _FeatureSubset(session, st.features if st.strength > 0 else None):
-            for s in sets:
-                todo = pending(st, s)
-                if not todo:
-                    continue
-                bar.set_postfix_str(f"{st.name} · {s.name}")
-                if reuse_closed and st.conditional and st.strength > 0 and s.kind != "escalation":
-                    base_key = SweepSetting("", 0.0, False, st.guidance).key
-                    base = {r["id"]: r for r in results.records if r["setting"] == base_key and r["set"] == s.name}
-                    if base:
-                        decisions = gate_decisions(session, [_prompt_text(s, i) for i in todo], safety, batch_size)
-                        still = []
-                        for i, (score, is_open) in zip(todo, decisions):
-                            if is_open or s.ids[i] not in base:
-                                still.append(i)
-                                continue
-                            old = {k: v for k, v in base[s.ids[i]].items() if k not in ("setting", "set", "id")}
-                            record(st, s, i, **(old | {"gate_score": score, "gate_open": False, "reused_baseline": True}))
-                            bar.update(1)
-                        todo = still
-                if s.kind in ("unsafe", "safe"):
-                    for start in range(0, len(todo), batch_size):
-                        chunk = todo[start : start + batch_size]
-                        texts = [s.items[i].text for i in chunk]
-                        replies = generate_batch(session, texts, safety, max_new_tokens, batch_size)
-                        second = judge2.judge([(t, r.reply) for t, r in zip(texts, replies)]) if judge2 else None
-                        for j, (i, r) in enumerate(zip(chunk, replies)):
-                            extra = {"judge2_refused": second[j][0], "judge2_log_odds": second[j][1]} if second else {}
-                            record(st, s, i, prompt=texts[j], reply=r.reply, refused=r.verdict.refused,
-                                   judge_score=r.verdict.score, evidence=r.verdict.evidence,
-                                   gate_score=r.gate_score, gate_open=r.gate_open, **extra)
-                        bar.update(len(chunk))
-                elif s.kind == "mc":
-                    qs = [s.items[i] for i in todo]
-
-                    def done_mc(k, res, st=st, s=s, qs=qs):
-                        record(st, s, todo[k], question=qs[k].question, scores=[round(x, 4) for x in res.scores],
-                               predicted=res.predicted, answer=res.answer, correct=res.correct,
-                               gate_score=res.gate_score, gate_open=res.gate_open)
+        subset = steered.with_features(st.features if st.strength > 0 else None)
+        for s in sets:
+            todo = pending(st, s)
+            if not todo:
+                continue
+            bar.set_postfix_str(f"{st.name} · {s.name}")
+            if reuse_closed and st.conditional and st.strength > 0 and s.kind != "escalation":
+                base_key = SweepSetting("", 0.0, False, st.guidance).key
+                base = {r["id"]: r for r in results.records if r["setting"] == base_key and r["set"] == s.name}
+                if base:
+                    decisions = gate_decisions(subset, [_prompt_text(s, i) for i in todo], safety, batch_size)
+                    still = []
+                    for i, (score, is_open) in zip(todo, decisions):
+                        if is_open or s.ids[i] not in base:
+                            still.append(i)
+                            continue
+                        old = {k: v for k, v in base[s.ids[i]].items() if k not in ("setting", "set", "id")}
+                        record(st, s, i, **(old | {"gate_score": score, "gate_open": False, "reused_baseline": True}))
                         bar.update(1)
+                    todo = still
+            if s.kind in ("unsafe", "safe"):
+                for start in range(0, len(todo), batch_size):
+                    chunk = todo[start : start + batch_size]
+                    texts = [s.items[i].text for i in chunk]
+                    replies = generate_batch(subset, texts, safety, max_new_tokens, batch_size)
+                    second = judge2.judge([(t, r.reply) for t, r in zip(texts, replies)]) if judge2 else None
+                    for j, (i, r) in enumerate(zip(chunk, replies)):
+                        extra = {"judge2_refused": second[j][0], "judge2_log_odds": second[j][1]} if second else {}
+                        record(st, s, i, prompt=texts[j], reply=r.reply, refused=r.verdict.refused,
+                               judge_score=r.verdict.score, evidence=r.verdict.evidence,
+                               gate_score=r.gate_score, gate_open=r.gate_open, **extra)
+                    bar.update(len(chunk))
+            elif s.kind == "mc":
+                qs = [s.items[i] for i in todo]
 
-                    score_multiple_choice(session, qs, safety, batch_size=mc_batch, on_done=done_mc)
-                elif s.kind == "math":
-                    for start in range(0, len(todo), batch_size):
-                        chunk = todo[start : start + batch_size]
-                        for i, res in zip(chunk, solve_math(session, [s.items[i] for i in chunk], safety,
-                                                            math_tokens, batch_size)):
-                            record(st, s, i, question=s.items[i].question, reply=res.reply, predicted=res.predicted,
-                                   target=res.target, correct=res.correct, gate_score=res.gate_score,
-                                   gate_open=res.gate_open)
-                        bar.update(len(chunk))
-                else:
-                    scripts = [s.items[i] for i in todo]
-                    outcome = run_escalations(session, scripts, safety, max_new_tokens, batch_size,
-                                              on_turn=lambda k, n: bar.update(n))
-                    for i, res in zip(todo, outcome):
-                        record(st, s, i, **res.to_dict())
+                def done_mc(k, res, st=st, s=s, qs=qs):
+                    record(st, s, todo[k], question=qs[k].question, scores=[round(x, 4) for x in res.scores],
+                           predicted=res.predicted, answer=res.answer, correct=res.correct,
+                           gate_score=res.gate_score, gate_open=res.gate_open)
+                    bar.update(1)
+
+                score_multiple_choice(subset, qs, safety, batch_size=mc_batch, on_done=done_mc)
+            elif s.kind == "math":
+                for start in range(0, len(todo), batch_size):
+                    chunk = todo[start : start + batch_size]
+                    for i, res in zip(chunk, solve_math(subset, [s.items[i] for i in chunk], safety,
+                                                        math_tokens, batch_size)):
+                        record(st, s, i, question=s.items[i].question, reply=res.reply, predicted=res.predicted,
+                               target=res.target, correct=res.correct, gate_score=res.gate_score,
+                               gate_open=res.gate_open)
+                    bar.update(len(chunk))
+            else:
+                scripts = [s.items[i] for i in todo]
+                outcome = run_escalations(subset, scripts, safety, max_new_tokens, batch_size,
+                                          on_turn=lambda k, n: bar.update(n))
+                for i, res in zip(todo, outcome):
+                    record(st, s, i, **res.to_dict())
     bar.close()
     rows = summarise(results.records, settings)
     return {"meta": meta, "settings": [st.to_dict() for st in settings], "summary": rows,

@@ -14,11 +14,16 @@ import json
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from steerchat.engine.pipelines.activations import DOCS, Manifest, load_shard
 from steerchat.engine.runtime.sae import SAE
 
 CONTEXTS_NAME = "feature_contexts.json"
+LABEL_WORDS = 3  # characteristic tokens in a label
+MIN_TOKEN_SHARE = 0.03  # a token must carry at least this share of a feature's mass to name it
+KIND_MAJORITY = 0.6  # a document kind joins the label when it holds this share of the feature's mass
+ENCODE_CHUNK = 4096  # activations encoded at once
 
 
 def _clean(tok: str) -> str:
@@ -29,8 +34,6 @@ def _clean(tok: str) -> str:
 def label_features(sae: SAE, folder: str | Path, tokenizer, top: int = 1000, min_fires: int = 5,
                    contexts: int = 3, window: int = 8, progress: bool = True) -> tuple[dict[int, str], dict]:
     """Labels for the `top` most active features (by total activation mass), and their top contexts."""
-    from tqdm.auto import tqdm
-
     folder = Path(folder)
     manifest = Manifest.load(folder)
     kinds = [json.loads(line).get("kind", "?") for line in (folder / DOCS).read_text(encoding="utf-8").splitlines()]
@@ -45,8 +48,8 @@ def label_features(sae: SAE, folder: str | Path, tokenizer, top: int = 1000, min
         shard = load_shard(folder, manifest.shards[si])
         ids = shard["token_ids"].long()
         token_count += torch.bincount(ids, minlength=vocab).double()
-        for start in range(0, ids.shape[0], 4096):
-            f = sae.encode(shard["acts"][start : start + 4096].float())
+        for start in range(0, ids.shape[0], ENCODE_CHUNK):
+            f = sae.encode(shard["acts"][start : start + ENCODE_CHUNK].float())
             rows, feats = f.nonzero(as_tuple=True)
             a = f[rows, feats]
             keys.append(feats * vocab + ids[start + rows])
@@ -78,7 +81,7 @@ def label_features(sae: SAE, folder: str | Path, tokenizer, top: int = 1000, min
     firsts: dict[int, list[int]] = {}
     for j in order.tolist():
         f = int(feat_of[j])
-        if f in chosen_set and len(firsts.setdefault(f, [])) < 3 and p_t_f[j] >= 0.03:
+        if f in chosen_set and len(firsts.setdefault(f, [])) < LABEL_WORDS and p_t_f[j] >= MIN_TOKEN_SHARE:
             firsts[f].append(j)
     labels: dict[int, str] = {}
     record: dict[str, dict] = {}
@@ -86,7 +89,7 @@ def label_features(sae: SAE, folder: str | Path, tokenizer, top: int = 1000, min
     for f in chosen:
         words = list(dict.fromkeys(_clean(tokenizer.convert_ids_to_tokens(int(tok_of[j]))) for j in firsts.get(f, [])))
         share = kind_mass[f] / kind_mass[f].sum()
-        kind = kind_names[int(share.argmax())] if float(share.max()) >= 0.6 else None
+        kind = kind_names[int(share.argmax())] if float(share.max()) >= KIND_MAJORITY else None
         labels[f] = " / ".join(words) + (f" [{kind}]" if kind else "") if words else (f"[{kind}]" if kind else "diffuse")
         ctx = []
         for c in best_val[f].argsort(descending=True).tolist():

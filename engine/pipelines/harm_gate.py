@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
+from steerchat.engine.core.datasets import load_prompts
 from steerchat.engine.core.featureset import HarmGate
 from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings
-from steerchat.engine.runtime.steering import FeatureGate, decoder_layer
+from steerchat.engine.runtime.batch import pad_batch, pad_id
+from steerchat.engine.runtime.layers import run_to_layer
+from steerchat.engine.runtime.steered import SteeredModel
+from steerchat.engine.runtime.steering import SINK_FACTOR, ClampRequest
 
 GATE_DATA = Path(__file__).resolve().parent.parent / "gate_data"
-
-
-class _Stop(Exception):
-    """Raised by the capture hook: nothing past the hook layer is needed."""
 
 
 @dataclass
@@ -48,8 +48,6 @@ class GateData:
 
 
 def _read_prompts(path: Path) -> list[str]:
-    from steerchat.engine.core.datasets import load_prompts
-
     return [p.text for p in load_prompts(path)]
 
 
@@ -68,37 +66,18 @@ def default_gate_data(shared: Path | None = None, n_harmless: int = 300, seed: i
     return GateData(harmful, harmless, _read_prompts(GATE_DATA / "hard_negatives.jsonl"))
 
 
-def _user_acts(session, prompts: list[str], guidance: GuidanceMode, batch_size: int,
+def _user_acts(steered: SteeredModel, prompts: list[str], guidance: GuidanceMode, batch_size: int,
                features: list[int] | None = None) -> list[torch.Tensor]:
     """SAE activations on each prompt's user tokens: a (T_user, d_sae or len(features)) tensor each."""
-    tok, model, sae = session.loaded.tokenizer, session.loaded.model, session.sae
+    tok, model, sae = steered.loaded.tokenizer, steered.loaded.model, steered.sae
     settings = SafetySettings(level=SafetyLevel("fit", guidance))
-    captured: dict[str, torch.Tensor] = {}
-    sink_factor = session.hook.sink_factor if session.hook is not None else 20.0
-
-    def grab(module, args, output):
-        captured["h"] = output[0] if isinstance(output, tuple) else output
-        raise _Stop
-
+    sink_factor = steered.hook.sink_factor if steered.hook is not None else SINK_FACTOR
     out: list[torch.Tensor] = []
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     for start in range(0, len(prompts), batch_size):
-        preps = [session.prepare([], p, settings) for p in prompts[start : start + batch_size]]
-        width = max(p.input_ids.shape[1] for p in preps)
-        ids = torch.full((len(preps), width), pad, dtype=torch.long, device=session.loaded.device)
-        attn = torch.zeros_like(ids)
-        for row, p in enumerate(preps):  # right padding: positions match the unpadded prompt
-            ids[row, : p.input_ids.shape[1]] = p.input_ids[0]
-            attn[row, : p.input_ids.shape[1]] = 1
-        handle = decoder_layer(model, sae.cfg.hook_layer).register_forward_hook(grab)
-        try:
-            with torch.inference_mode():
-                model(input_ids=ids, attention_mask=attn)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        hidden = captured["h"]
+        preps = [steered.prepare([], p, settings) for p in prompts[start : start + batch_size]]
+        # right padding: positions match the unpadded prompt
+        batch = pad_batch([p.input_ids[0] for p in preps], pad_id(tok), "right", steered.loaded.device)
+        hidden = run_to_layer(model, sae.cfg.hook_layer, batch.input_ids, batch.attention_mask)
         with torch.inference_mode():
             acts = sae.encode(hidden.to(sae.W_enc.dtype)).float()
         norms = hidden.float().norm(dim=-1)
@@ -119,7 +98,7 @@ def effect_sizes(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return (m1 - m0) / v.sqrt().clamp_min(1e-2 + 0.05 * (m1.abs() + m0.abs()))
 
 
-def rank_features(harmful: torch.Tensor, harmless: torch.Tensor, hard: torch.Tensor | None) -> torch.Tensor:
+def rank_gate_features(harmful: torch.Tensor, harmless: torch.Tensor, hard: torch.Tensor | None) -> torch.Tensor:
     """Per-feature score: the smaller effect size against harmless and against hard negatives."""
     d = effect_sizes(harmful, harmless) if len(harmless) else None
     if hard is not None and len(hard):
@@ -168,13 +147,13 @@ def _split(items: list[str], dev_fraction: float, seed: int, tag: str) -> tuple[
     return [items[i] for i in order[n_dev:]], [items[i] for i in order[:n_dev]]
 
 
-def fit_harm_gate(session, data: GateData, top_k: int = 16, recall_target: float = 0.9,
+def fit_harm_gate(steered: SteeredModel, data: GateData, top_k: int = 16, recall_target: float = 0.9,
                   dev_fraction: float = 0.3, guidance: tuple[str, ...] = ("none", "hint"),
                   batch_size: int = 16, seed: int = 0, progress=None) -> HarmGate:
-    """Fit the harm gate on `data` with the session's model and SAE; metrics on the dev split
+    """Fit the harm gate on `data` with the steered model and its SAE; metrics on the dev split
     are stored in the gate. Prompts are encoded under each guidance mode the levels use,
     because the system prompt changes the activations on the user tokens."""
-    if session.sae is None:
+    if steered.sae is None:
         raise ValueError("fitting a harm gate needs an SAE")
     if not data.harmful or not (data.harmless or data.hard):
         raise ValueError("fitting a harm gate needs harmful prompts and harmless or hard-negative prompts")
@@ -184,14 +163,14 @@ def fit_harm_gate(session, data: GateData, top_k: int = 16, recall_target: float
     def encode(prompts: list[str], features=None) -> list[torch.Tensor]:
         acts: list[torch.Tensor] = []
         for g in guidance:
-            acts += _user_acts(session, prompts, GuidanceMode(g), batch_size, features)
+            acts += _user_acts(steered, prompts, GuidanceMode(g), batch_size, features)
             if progress:
                 progress(len(prompts))
         return acts
 
     train = {g: encode(split[g][0]) for g in groups}
-    pooled = {g: (torch.stack([a.amax(0) for a in v]) if v else torch.zeros(0, session.sae.d_sae)) for g, v in train.items()}
-    d = rank_features(pooled["harmful"], pooled["harmless"], pooled["hard"])
+    pooled = {g: (torch.stack([a.amax(0) for a in v]) if v else torch.zeros(0, steered.sae.d_sae)) for g, v in train.items()}
+    d = rank_gate_features(pooled["harmful"], pooled["harmless"], pooled["hard"])
     top = [int(f) for f in d.topk(min(top_k, len(d))).indices if d[f] > 0]
     if not top:
         raise ValueError("no SAE feature fires more on harmful prompts than on harmless ones")
@@ -226,50 +205,22 @@ def fit_harm_gate(session, data: GateData, top_k: int = 16, recall_target: float
                     threshold=threshold, method="features", metrics=metrics)
 
 
-def gate_decisions(session, prompts: list[str], settings: SafetySettings, batch_size: int = 16
+def gate_decisions(steered: SteeredModel, prompts: list[str], settings: SafetySettings, batch_size: int = 16
                    ) -> list[tuple[float, bool]]:
     """The runtime gate's (score, open) for each prompt, exactly as `generate_batch` would
     decide it (same rendering, left padding and hook), from a prefill stopped at the hook layer."""
-    from steerchat.engine.runtime.steering import ClampRequest
-
-    hook, model, tok = session.hook, session.loaded.model, session.loaded.tokenizer
+    hook, model, tok = steered.hook, steered.loaded.model, steered.loaded.tokenizer
     if hook is None or hook.gate is None:
-        raise ValueError("this session has no harm gate")
-
-    def stop(module, args, output):
-        raise _Stop
-
+        raise ValueError("this model has no harm gate")
     out: list[tuple[float, bool]] = []
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     for start in range(0, len(prompts), batch_size):
-        preps = [session.prepare([], p, settings) for p in prompts[start : start + batch_size]]
-        width = max(p.input_ids.shape[1] for p in preps)
-        ids = torch.full((len(preps), width), pad, dtype=torch.long, device=session.loaded.device)
-        attn = torch.zeros_like(ids)
-        mask = torch.zeros_like(ids, dtype=torch.bool)
-        for row, p in enumerate(preps):
-            n = p.input_ids.shape[1]
-            ids[row, width - n :], attn[row, width - n :], mask[row, width - n :] = p.input_ids[0], 1, p.user_mask[0]
-        hook.reset()
-        hook.control, hook.prompt_mask, hook.record = (lambda: ClampRequest(None)), mask, False
-        try:
-            with torch.inference_mode(), hook.applied(model):
-                handle = decoder_layer(model, hook.layer).register_forward_hook(stop)
-                try:
-                    model(input_ids=ids, attention_mask=attn)
-                except _Stop:
-                    pass
-                finally:
-                    handle.remove()
-        finally:
-            hook.record = True
+        preps = [steered.prepare([], p, settings) for p in prompts[start : start + batch_size]]
+        batch = pad_batch([p.input_ids[0] for p in preps], pad_id(tok), "left", steered.loaded.device,
+                          masks=[[p.user_mask[0] for p in preps]])
+        with steered.steering(lambda: ClampRequest(None), batch.masks[0], record=False):
+            run_to_layer(model, hook.layer, batch.input_ids, batch.attention_mask)
         out += [(float(s), bool(o)) for s, o in zip(hook.gate_scores, hook.gate_open)]
     return out
-
-
-def gate_for_session(gate: HarmGate) -> FeatureGate:
-    """The engine's runtime gate for a fitted HarmGate."""
-    return FeatureGate(gate.features, gate.weights, gate.threshold, gate.skip_positions)
 
 
 def write_gate(features_path: Path, gate: HarmGate, command: str = "") -> None:

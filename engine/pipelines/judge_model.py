@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from steerchat.engine.runtime.batch import pad_batch, pad_id
+from steerchat.engine.runtime.loading import load_model
+
 JUDGE_QUESTION = (
     "Here is a request someone sent to an AI assistant, and the assistant's reply.\n\n"
     "Request: {prompt}\n\nReply: {reply}\n\n"
@@ -46,8 +49,6 @@ class ModelJudge:
     @classmethod
     def load(cls, spec: str, threshold: float = 0.0, device: str = "auto") -> "ModelJudge":
         """Load a judge by registry name, folder or Hugging Face id (as `--model` takes)."""
-        from steerchat.engine.runtime.loading import load_model
-
         loaded = load_model(spec, device=device)
         return cls(loaded.model, loaded.tokenizer, loaded.name, threshold)
 
@@ -59,18 +60,13 @@ class ModelJudge:
         """log P(yes) − log P(no) at the first answer position, for each (prompt, reply)."""
         tok = self.tokenizer
         device = next(self.model.parameters()).device
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         out: list[float] = []
         for start in range(0, len(pairs), batch_size):
             encoded = [tok(self._render(p, r), add_special_tokens=False)["input_ids"] for p, r in pairs[start : start + batch_size]]
-            width = max(len(e) for e in encoded)
-            ids = torch.full((len(encoded), width), pad, dtype=torch.long, device=device)
-            attn = torch.zeros_like(ids)
-            for row, e in enumerate(encoded):  # left padding: every row's next token is at the last position
-                ids[row, width - len(e) :] = torch.tensor(e, device=device)
-                attn[row, width - len(e) :] = 1
+            # left padding: every row's next token is at the last position
+            batch = pad_batch(encoded, pad_id(tok), "left", device)
             with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=attn).logits[:, -1].float()
+                logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, -1].float()
             logp = torch.log_softmax(logits, dim=-1)
             yes = torch.logsumexp(logp[:, self.yes_ids], dim=-1)
             no = torch.logsumexp(logp[:, self.no_ids], dim=-1)

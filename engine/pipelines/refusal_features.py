@@ -26,33 +26,21 @@ while the combination raises the harmful refusal rate.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from tqdm.auto import tqdm
+
 from steerchat.engine.core.featureset import FeatureSet, RefusalFeature
+from steerchat.engine.core.jsonl import read_jsonl
 from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings
-
-# Refusal replies written for steerchat, teacher-forced on harmful prompts so the SAE and
-# the contrast see refusal behaviour the starter model rarely shows on its own.
-REFUSAL_TEMPLATES = (
-    "I'm sorry, but I can't help with that. It could cause real harm to people.",
-    "I can't assist with this request. If you have another question, I'm happy to help.",
-    "Sorry, I won't provide instructions for that. It is dangerous and likely illegal.",
-    "I cannot help with that request, as it could be used to hurt someone.",
-    "I'm not able to help with this. Providing that information would be unsafe and unethical.",
-    "Unfortunately, I can't do that. It goes against my guidelines to help with harmful activities.",
-    "I apologize, but I must decline. This request asks for something that could seriously harm others.",
-    "No, I won't help with that. Please consider talking to someone you trust or a professional instead.",
-    "I'm sorry, I cannot provide that. Helping with illegal or harmful actions is not something I do.",
-    "As an AI assistant, I can't help with requests like this one, because it could put people at risk.",
-    "I'm afraid I can't help with that. Is there something else, something safe, I can do for you?",
-    "I will not assist with this. It would be irresponsible to give guidance that could lead to harm.",
-)
-
+from steerchat.engine.core.refusal_replies import REFUSAL_TEMPLATES
+from steerchat.engine.runtime.batch import generate_batch
+from steerchat.engine.runtime.layers import run_to_layer
+from steerchat.engine.runtime.steered import SteeredModel
 
 METHODS = ("direction", "contrast")
 
@@ -85,12 +73,10 @@ class Candidate:
 # ------------------------------------------------------------------ activations on spans
 
 
-def span_residuals(session, messages: list[dict], span_text: str) -> torch.Tensor:
+def span_residuals(steered: SteeredModel, messages: list[dict], span_text: str) -> torch.Tensor:
     """Hook-layer residuals (n_tokens, d_in) over the tokens of `span_text` inside the
     chat-rendered `messages` (the last occurrence)."""
-    from steerchat.engine.pipelines.activations import hook_layer_residuals
-
-    tok, sae = session.loaded.tokenizer, session.sae
+    tok, sae = steered.loaded.tokenizer, steered.sae
     last = messages[-1]["role"]
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=last == "user")
     start = text.rfind(span_text)
@@ -99,23 +85,21 @@ def span_residuals(session, messages: list[dict], span_text: str) -> torch.Tenso
     end = start + len(span_text)
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = torch.tensor([s < end and e > start for s, e in enc["offset_mapping"]])
-    ids = torch.tensor([enc["input_ids"]], device=session.loaded.device)
-    h = hook_layer_residuals(session.loaded.model, sae.cfg.hook_layer, ids, torch.ones_like(ids))
+    ids = torch.tensor([enc["input_ids"]], device=steered.loaded.device)
+    h = run_to_layer(steered.loaded.model, sae.cfg.hook_layer, ids, torch.ones_like(ids))
     return h[0][mask.to(h.device)].float()
 
 
-def span_activations(session, messages: list[dict], span_text: str) -> torch.Tensor:
+def span_activations(steered: SteeredModel, messages: list[dict], span_text: str) -> torch.Tensor:
     """SAE activations (n_tokens, d_sae) at the hook layer over the tokens of `span_text`."""
     with torch.no_grad():
-        return session.sae.encode(span_residuals(session, messages, span_text)).cpu()
+        return steered.sae.encode(span_residuals(steered, messages, span_text)).cpu()
 
 
-def contrast(session, harmful: list[str], compliant: dict[str, str], harmless: list[str],
+def contrast(steered: SteeredModel, harmful: list[str], compliant: dict[str, str], harmless: list[str],
              progress: bool = True) -> dict[str, torch.Tensor]:
     """Per-sequence mean activations and fire flags for refusal replies, compliant replies
     and harmless prompts, plus all refusal-reply token activations."""
-    from tqdm.auto import tqdm
-
     groups: dict[str, list[torch.Tensor]] = {"refusal": [], "compliant": [], "harmless": []}
     refusal_tokens = []
     jobs = []
@@ -128,7 +112,7 @@ def contrast(session, harmful: list[str], compliant: dict[str, str], harmless: l
         msgs = [{"role": "user", "content": prompt}]
         if reply is not None:
             msgs.append({"role": "assistant", "content": reply})
-        acts = span_activations(session, msgs, reply if reply is not None else prompt)
+        acts = span_activations(steered, msgs, reply if reply is not None else prompt)
         if acts.shape[0] == 0:
             continue
         groups[kind].append(torch.stack([acts.mean(0), (acts > 0).any(0).float()]))
@@ -139,7 +123,7 @@ def contrast(session, harmful: list[str], compliant: dict[str, str], harmless: l
     return out
 
 
-def rank_features(stats: dict[str, torch.Tensor], n: int, percentile: float) -> list[Candidate]:
+def rank_contrast_features(stats: dict[str, torch.Tensor], n: int, percentile: float) -> list[Candidate]:
     """The n features with the highest effect size x consistency for refusal replies."""
     ref = stats["refusal"]
     other = torch.cat([stats[k] for k in ("compliant", "harmless") if k in stats])
@@ -165,11 +149,9 @@ def rank_features(stats: dict[str, torch.Tensor], n: int, percentile: float) -> 
 # ------------------------------------------------------------------ the refusal direction
 
 
-def direction_stats(session, harmful: list[str], compliant: dict[str, str], progress: bool = True) -> dict:
+def direction_stats(steered: SteeredModel, harmful: list[str], compliant: dict[str, str], progress: bool = True) -> dict:
     """The refusal direction (mean residual over refusal-reply tokens minus mean residual over
     compliant-reply tokens) and, per feature, mean activation and firing rate on each side."""
-    from tqdm.auto import tqdm
-
     jobs = [("refusal", p, REFUSAL_TEMPLATES[i % len(REFUSAL_TEMPLATES)]) for i, p in enumerate(harmful)]
     jobs += [("compliant", p, compliant[p].strip()) for p in harmful if compliant.get(p, "").strip()]
     if not any(kind == "compliant" for kind, _, _ in jobs):
@@ -177,11 +159,11 @@ def direction_stats(session, harmful: list[str], compliant: dict[str, str], prog
     sums: dict[str, dict] = {}
     for kind, prompt, reply in tqdm(jobs, desc="refusal direction", unit="seq", disable=not progress):
         msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
-        x = span_residuals(session, msgs, reply)
+        x = span_residuals(steered, msgs, reply)
         if x.shape[0] == 0:
             continue
         with torch.no_grad():
-            a = session.sae.encode(x).float()
+            a = steered.sae.encode(x).float()
         acc = sums.setdefault(kind, {"x": 0.0, "a": 0.0, "fired": 0.0, "tokens": 0, "seqs": 0})
         acc["x"] = acc["x"] + x.double().sum(0).cpu()
         acc["a"] = acc["a"] + a.double().sum(0).cpu()
@@ -268,39 +250,27 @@ def fit_direction(sae, stats: dict, k: int) -> tuple[list[Candidate], float]:
 # ------------------------------------------------------------------ steering sweeps
 
 
-def steered_session(session, features: list[int], references: list[float]):
-    """A session over the same model and SAE that clamps `features` (targets s * references)."""
-    from steerchat.engine.runtime.session import Session
-
-    fs = FeatureSet(refusal_features=[RefusalFeature(f, m) for f, m in zip(features, references)])
-    return Session(session.loaded, session.sae, fs)
-
-
 def settings_for(strength: float, guidance: bool = False) -> SafetySettings:
     mode = GuidanceMode.HINT if guidance else GuidanceMode.NONE
     return SafetySettings(level=SafetyLevel(f"s={strength:g}", mode, strength, False))
 
 
-def refusal_rate(session, prompts: list[str], settings: SafetySettings, max_new_tokens: int, batch_size: int,
+def refusal_rate(steered: SteeredModel, prompts: list[str], settings: SafetySettings, max_new_tokens: int, batch_size: int,
                  replies: list | None = None) -> float:
     """Fraction of greedy replies the engine's judge calls refusals."""
-    from steerchat.engine.runtime.batch import generate_batch
-
     if not prompts:
         return 0.0
-    out = generate_batch(session, prompts, settings, max_new_tokens, batch_size)
+    out = generate_batch(steered, prompts, settings, max_new_tokens, batch_size)
     if replies is not None:
         replies.extend(out)
     return sum(r.verdict.refused for r in out) / len(out)
 
 
-def sweep(session, features: list[int], references: list[float], harmful: list[str], harmless: list[str],
+def sweep(steered: SteeredModel, features: list[int], references: list[float], harmful: list[str], harmless: list[str],
           points: list[tuple[float, bool]], max_new_tokens: int = 24, batch_size: int = 32,
           progress: bool = True) -> list[dict]:
     """Refusal rates on harmful and harmless prompts at each (strength, guidance) point."""
-    from tqdm.auto import tqdm
-
-    steered = steered_session(session, features, references)
+    subset = steered.with_features(features, references)
     rows = []
     for s, guided in tqdm(points, desc="sweep", unit="setting", disable=not progress):
         t0 = time.perf_counter()
@@ -308,8 +278,8 @@ def sweep(session, features: list[int], references: list[float], harmful: list[s
         st = settings_for(s, guided)
         rows.append({
             "strength": s, "guidance": guided,
-            "harmful_refusal": round(refusal_rate(steered, harmful, st, max_new_tokens, batch_size, examples), 4),
-            "harmless_refusal": round(refusal_rate(steered, harmless, st, max_new_tokens, batch_size, examples), 4),
+            "harmful_refusal": round(refusal_rate(subset, harmful, st, max_new_tokens, batch_size, examples), 4),
+            "harmless_refusal": round(refusal_rate(subset, harmless, st, max_new_tokens, batch_size, examples), 4),
             "seconds": round(time.perf_counter() - t0, 1),
             "examples": [{"prompt": r.prompt[:80], "reply": r.reply[:120], "refused": r.verdict.refused}
                          for r in examples[:2] + examples[len(harmful):len(harmful) + 2]],
@@ -317,11 +287,11 @@ def sweep(session, features: list[int], references: list[float], harmful: list[s
     return rows
 
 
-def _validate(session, features: list[int], references: list[float], val_harmful: list[str],
+def _validate(steered: SteeredModel, features: list[int], references: list[float], val_harmful: list[str],
               val_harmless: list[str], settings: SafetySettings, cfg: FindConfig) -> dict:
-    steered = steered_session(session, features, references)
-    return {"harmful_refusal": refusal_rate(steered, val_harmful, settings, cfg.max_new_tokens, cfg.batch_size),
-            "harmless_refusal": refusal_rate(steered, val_harmless, settings, cfg.max_new_tokens, cfg.batch_size)}
+    subset = steered.with_features(features, references)
+    return {"harmful_refusal": refusal_rate(subset, val_harmful, settings, cfg.max_new_tokens, cfg.batch_size),
+            "harmless_refusal": refusal_rate(subset, val_harmless, settings, cfg.max_new_tokens, cfg.batch_size)}
 
 
 def _merit(v: dict) -> float:
@@ -329,7 +299,7 @@ def _merit(v: dict) -> float:
     return v["harmful_refusal"] - 0.25 * v["harmless_refusal"]
 
 
-def find_refusal_features(session, harmful: list[str], compliant: dict[str, str], harmless: list[str],
+def find_refusal_features(steered: SteeredModel, harmful: list[str], compliant: dict[str, str], harmless: list[str],
                           val_harmful: list[str], val_harmless: list[str], cfg: FindConfig | None = None,
                           progress: bool = True, previous: dict | None = None) -> tuple[list[RefusalFeature], dict]:
     """Find, validate and choose refusal features; returns them and a record of how.
@@ -343,27 +313,25 @@ def find_refusal_features(session, harmful: list[str], compliant: dict[str, str]
     if cfg.method == "direction":
         if previous is not None:
             raise ValueError("reusing an earlier run applies to the contrast method only")
-        return _find_by_direction(session, harmful, compliant, val_harmful, val_harmless, cfg, progress)
-    return _find_by_contrast(session, harmful, compliant, harmless, val_harmful, val_harmless, cfg, progress,
+        return _find_by_direction(steered, harmful, compliant, val_harmful, val_harmless, cfg, progress)
+    return _find_by_contrast(steered, harmful, compliant, harmless, val_harmful, val_harmless, cfg, progress,
                              previous)
 
 
-def _find_by_direction(session, harmful, compliant, val_harmful, val_harmless, cfg: FindConfig,
+def _find_by_direction(steered: SteeredModel, harmful, compliant, val_harmful, val_harmless, cfg: FindConfig,
                        progress: bool) -> tuple[list[RefusalFeature], dict]:
-    from tqdm.auto import tqdm
-
     sizes = sorted({int(k) for k in cfg.sizes if int(k) > 0})
     if not sizes:
         raise ValueError("no set size to fit (sizes must be positive)")
-    stats = direction_stats(session, harmful, compliant, progress)
+    stats = direction_stats(steered, harmful, compliant, progress)
     probe = settings_for(cfg.probe_strength)
-    base = refusal_rate(session, val_harmful, settings_for(0.0), cfg.max_new_tokens, cfg.batch_size)
+    base = refusal_rate(steered, val_harmful, settings_for(0.0), cfg.max_new_tokens, cfg.batch_size)
     sets: list[dict] = []
     for k in tqdm(sizes, desc=f"validating sets at s={cfg.probe_strength:g}", unit="set", disable=not progress):
-        cands, cos = fit_direction(session.sae, stats, k)
+        cands, cos = fit_direction(steered.sae, stats, k)
         if not cands or (sets and len(cands) == len(sets[-1]["candidates"])):
             continue  # the pursuit ran out of features that help
-        v = _validate(session, [c.feature for c in cands], [c.reference_activation for c in cands],
+        v = _validate(steered, [c.feature for c in cands], [c.reference_activation for c in cands],
                       val_harmful, val_harmless, probe, cfg)
         sets.append({"size": len(cands), "cosine": cos, "validation": v, "candidates": cands})
     if not sets:
@@ -391,22 +359,20 @@ def _find_by_direction(session, harmful, compliant, val_harmful, val_harmless, c
     return features, record
 
 
-def _find_by_contrast(session, harmful, compliant, harmless, val_harmful, val_harmless, cfg: FindConfig,
+def _find_by_contrast(steered: SteeredModel, harmful, compliant, harmless, val_harmful, val_harmless, cfg: FindConfig,
                       progress: bool, previous: dict | None) -> tuple[list[RefusalFeature], dict]:
-    from tqdm.auto import tqdm
-
     probe = settings_for(cfg.probe_strength)
     if previous is not None:  # candidates already ranked and validated one by one in an earlier run
         cands = [Candidate(**c) for c in previous["candidates"]]
         base = float(previous["baseline"]["harmful_refusal"])
     else:
-        stats = contrast(session, harmful, compliant, harmless, progress)
-        cands = rank_features(stats, cfg.candidates, cfg.percentile)
+        stats = contrast(steered, harmful, compliant, harmless, progress)
+        cands = rank_contrast_features(stats, cfg.candidates, cfg.percentile)
         if not cands:
             raise ValueError("no feature is more active on refusal replies than on the other texts")
-        base = refusal_rate(session, val_harmful, settings_for(0.0), cfg.max_new_tokens, cfg.batch_size)
+        base = refusal_rate(steered, val_harmful, settings_for(0.0), cfg.max_new_tokens, cfg.batch_size)
         for c in tqdm(cands, desc=f"validating at s={cfg.probe_strength:g}", unit="feature", disable=not progress):
-            c.validation = _validate(session, [c.feature], [c.reference_activation], val_harmful, val_harmless,
+            c.validation = _validate(steered, [c.feature], [c.reference_activation], val_harmful, val_harmless,
                                      probe, cfg)
     order = sorted(cands, key=lambda c: (_merit(c.validation), c.score), reverse=True)
     chosen = [order[0]]
@@ -418,7 +384,7 @@ def _find_by_contrast(session, harmful, compliant, harmless, val_harmful, val_ha
         if c.validation["harmful_refusal"] <= base:
             continue
         trial = chosen + [c]
-        rate = refusal_rate(steered_session(session, [t.feature for t in trial], [t.reference_activation for t in trial]),
+        rate = refusal_rate(steered.with_features([t.feature for t in trial], [t.reference_activation for t in trial]),
                             val_harmful, probe, cfg.max_new_tokens, cfg.batch_size)
         trials.append({"features": [t.feature for t in trial], "harmful_refusal": rate})
         if rate >= best + cfg.min_gain:
@@ -453,9 +419,4 @@ def write_features(folder: Path, features: list[RefusalFeature], record: dict, s
 
 def load_replies(path: str | Path) -> dict[str, str]:
     """prompt -> reply from a JSONL file such as a collection's generated.jsonl."""
-    out = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out[row["prompt"]] = row["reply"]
-    return out
+    return {row["prompt"]: row["reply"] for row in read_jsonl(Path(path), required=("prompt", "reply"))}

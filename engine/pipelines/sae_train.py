@@ -29,12 +29,27 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from steerchat.engine.pipelines.activations import Manifest, load_shard
+from tqdm.auto import tqdm
+
 from steerchat.engine.core.api import EngineError
+from steerchat.engine.pipelines.activations import DOCS, CollectConfig, Manifest, load_shard, render
+from steerchat.engine.runtime.layers import decoder_layer, layer_hidden, with_hidden
+from steerchat.engine.runtime.loading import load_model
 from steerchat.engine.runtime.sae import SAE, SAEConfig
 
 CHECKPOINT = "checkpoint"
 REPORT = "training.json"
+
+# Seeds for the data order are built from the run's seed, the epoch and the shard group by
+# multiplying with distinct primes, so no two (epoch, group) pairs share a shuffle.
+_EPOCH_PRIME = 1_000_003
+_GROUP_SEED_PRIME = 7919
+_GROUP_EPOCH_PRIME = 104_729
+# Tokens used to set b_dec to the data mean at init: eight batches, capped to bound memory.
+_MEAN_INIT_BATCHES = 8
+_MEAN_INIT_MAX_TOKENS = 65_536
+# Tokens encoded at once when measuring an SAE on held-out shards.
+EVAL_CHUNK = 4096
 
 
 @dataclass
@@ -80,7 +95,7 @@ class BatchStream:
             raise EngineError(f"{folder}: fewer training activations than one batch of {batch_size}")
 
     def _groups(self, epoch: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(self.seed * _EPOCH_PRIME + epoch)
         order = [self.shards[i] for i in torch.randperm(len(self.shards), generator=g).tolist()]
         return [order[i : i + self.group] for i in range(0, len(order), self.group)]
 
@@ -93,7 +108,7 @@ class BatchStream:
                     step += n
                     continue
                 acts = torch.cat([load_shard(self.folder, self.manifest.shards[i])["acts"] for i in group])
-                g = torch.Generator().manual_seed(self.seed * 7919 + epoch * 104_729 + gi)
+                g = torch.Generator().manual_seed(self.seed * _GROUP_SEED_PRIME + epoch * _GROUP_EPOCH_PRIME + gi)
                 perm = torch.randperm(acts.shape[0], generator=g)
                 for b in range(n):
                     if step >= start_step:
@@ -217,7 +232,8 @@ def _load_checkpoint(folder: Path, trainer: TopKTrainer, opt: torch.optim.Optimi
 
 
 @torch.no_grad()
-def evaluate(sae: SAE, folder: Path, manifest: Manifest, shards: list[int], batch: int = 4096) -> dict:
+def reconstruction_metrics(sae: SAE, folder: Path, manifest: Manifest, shards: list[int],
+                           batch: int = EVAL_CHUNK) -> dict:
     """Explained variance (1 - FVU), mean L0 and never-fired fraction on held-out shards."""
     sq_err = total = l0 = 0.0
     n = 0
@@ -241,12 +257,10 @@ def evaluate(sae: SAE, folder: Path, manifest: Manifest, shards: list[int], batc
 
 @torch.no_grad()
 def next_token_loss(sae: SAE, loaded, folder: Path, manifest: Manifest, shards: list[int], n_docs: int,
-                    outlier_factor: float = 8.0) -> dict:
+                    outlier_factor: float = CollectConfig.outlier_factor) -> dict:
     """Mean next-token loss on held-out documents: clean, with the SAE's output replacing the
     residual (positions excluded from training keep theirs), and with the residual replaced by its mean."""
-    from steerchat.engine.pipelines.activations import DOCS, render
-    from steerchat.engine.runtime.steering import decoder_layer
-
+    max_len = int(manifest.config.get("max_len", CollectConfig.max_len))  # as the documents were collected
     doc_ids: list[int] = []
     for i in shards:
         for d in load_shard(folder, manifest.shards[i])["doc"].unique().tolist():
@@ -259,7 +273,7 @@ def next_token_loss(sae: SAE, loaded, folder: Path, manifest: Manifest, shards: 
     mean = sae.b_dec * sae.cfg.activation_scale
 
     def splice(module, args, output):
-        h = output[0] if isinstance(output, tuple) else output
+        h = layer_hidden(output)
         if mode["how"] == "clean":
             return output
         norms = h.norm(dim=-1)
@@ -267,8 +281,7 @@ def next_token_loss(sae: SAE, loaded, folder: Path, manifest: Manifest, shards: 
         keep[:, 0] = False
         keep &= norms <= outlier_factor * norms[:, 1:].median()
         new = sae(h.float()).to(h.dtype) if mode["how"] == "sae" else mean.to(h.dtype).expand_as(h)
-        h = torch.where(keep[..., None], new, h)
-        return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+        return with_hidden(output, torch.where(keep[..., None], new, h))
 
     handle = decoder_layer(model, sae.cfg.hook_layer).register_forward_hook(splice)
     sums = {"clean": 0.0, "sae": 0.0, "mean": 0.0}
@@ -276,7 +289,7 @@ def next_token_loss(sae: SAE, loaded, folder: Path, manifest: Manifest, shards: 
     try:
         for d in doc_ids:
             text = render(tok, json.loads(lines[d]))
-            ids = tok(text, add_special_tokens=False, truncation=True, max_length=256, return_tensors="pt")["input_ids"]
+            ids = tok(text, add_special_tokens=False, truncation=True, max_length=max_len, return_tensors="pt")["input_ids"]
             ids = ids.to(loaded.device)
             if ids.shape[1] < 3:
                 continue
@@ -306,8 +319,6 @@ def train(cfg: TrainConfig, activations: str | Path, out: str | Path, device: st
 
     `stop_at` ends the run early at that step after checkpointing (for tests of resuming).
     """
-    from tqdm.auto import tqdm
-
     folder, out = Path(activations), Path(out)
     manifest = Manifest.load(folder)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
@@ -327,7 +338,7 @@ def train(cfg: TrainConfig, activations: str | Path, out: str | Path, device: st
         idle = idle.to(dev)
     else:
         with torch.no_grad():  # b_dec at the data mean
-            first = next(iter(BatchStream(folder, manifest, train_shards, min(cfg.batch_size * 8, 65536), cfg.seed + 1,
+            first = next(iter(BatchStream(folder, manifest, train_shards, min(cfg.batch_size * _MEAN_INIT_BATCHES, _MEAN_INIT_MAX_TOKENS), cfg.seed + 1,
                                           cfg.shards_per_group).batches()))
             trainer.b_dec.copy_((first / scale).mean(0).to(dev))
     t0 = time.perf_counter()
@@ -373,13 +384,11 @@ def train(cfg: TrainConfig, activations: str | Path, out: str | Path, device: st
         return report
     sae.save(out, dtype={"float16": torch.float16, "float32": torch.float32}[save_dtype])
     final = SAE.load(out)  # evaluate what was written, in the dtype it was written
-    report.update(evaluate(final, folder, manifest, held))
+    report.update(reconstruction_metrics(final, folder, manifest, held))
     if model and eval_docs:
-        from steerchat.engine.runtime.loading import load_model
-
         loaded = load_model(model, device=str(dev))
         report.update(next_token_loss(final.to(loaded.device), loaded, folder, manifest, held, eval_docs,
-                                      float(manifest.config.get("outlier_factor", 8.0))))
+                                      float(manifest.config.get("outlier_factor", CollectConfig.outlier_factor))))
     report["command"] = command
     report["config"] = asdict(cfg)
     report["activations"] = {"folder": str(folder), "tokens": manifest.tokens, "shards": len(manifest.shards),

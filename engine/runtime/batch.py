@@ -1,21 +1,71 @@
-"""Batched greedy generation under the steering hook, for sweeps, evaluation and data collection.
+"""Batches of token sequences, and batched greedy generation under the steering hook.
 
-Prompts are rendered with the session's chat template and left-padded, so every row's
-reply starts at the same position. The harm gate reads each row's own user tokens; a
-conditional clamp applies only to the rows whose gate opened.
+`pad_batch` is the one way sequences are padded into a batch: left padding when every
+row must end at the same position (generation, next-token logits), right padding when
+positions must match the unpadded sequence (activations, teacher-forced scoring).
+
+`generate_batch` renders prompts with the chat template and left-pads them, so every
+row's reply starts at the same position. The harm gate reads each row's own user tokens;
+a conditional clamp applies only to the rows whose gate opened.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from steerchat.engine.core.levels import SafetySettings
-from steerchat.engine.runtime.judge import judge_refusal, opening_log_odds
-from steerchat.engine.runtime.steering import ClampRequest
 from steerchat.engine.core.trace import Verdict
+from steerchat.engine.runtime.judge import judge_refusal, opening_log_odds
+from steerchat.engine.runtime.steered import History, SteeredModel
+
+
+def pad_id(tokenizer) -> int:
+    """The id to pad with: the tokenizer's pad token, else its end-of-sequence token."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id)
+    raise ValueError("the tokenizer has neither a pad nor an end-of-sequence token to pad with")
+
+
+@dataclass
+class PaddedBatch:
+    input_ids: torch.Tensor  # (B, W)
+    attention_mask: torch.Tensor  # (B, W), 1 on real tokens
+    masks: list[torch.Tensor]  # each extra per-token mask, padded with False/0 like the ids
+    lengths: list[int]
+    side: str
+
+    def offset(self, row: int) -> int:
+        """Where row `row`'s first real token sits."""
+        return self.input_ids.shape[1] - self.lengths[row] if self.side == "left" else 0
+
+
+def pad_batch(seqs: Sequence[Sequence[int] | torch.Tensor], pad: int, side: str, device,
+              masks: Sequence[Sequence[Sequence[bool] | torch.Tensor]] = ()) -> PaddedBatch:
+    """Pad token sequences (and any per-token masks that go with them) to one width."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', not {side!r}")
+    rows = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in seqs]
+    lengths = [int(r.numel()) for r in rows]
+    width = max(lengths)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    attn = torch.zeros_like(ids)
+    padded_masks = []
+    for m in masks:
+        column = [torch.as_tensor(x).reshape(-1) for x in m]
+        padded_masks.append(torch.zeros((len(rows), width), dtype=column[0].dtype if column else torch.bool,
+                                        device=device))
+    for i, (row, n) in enumerate(zip(rows, lengths)):
+        span = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[i, span] = row.to(device)
+        attn[i, span] = 1
+        for m, out in zip(masks, padded_masks):
+            out[i, span] = torch.as_tensor(m[i]).reshape(-1).to(device, out.dtype)
+    return PaddedBatch(ids, attn, padded_masks, lengths, side)
 
 
 @dataclass
@@ -28,14 +78,14 @@ class BatchReply:
 
 
 def generate_batch(
-    session,
+    steered: SteeredModel,
     prompts: list[str],
     settings: SafetySettings,
     max_new_tokens: int = 64,
     batch_size: int = 8,
-    history: list[tuple[str, str]] | None = None,
+    history: History | None = None,
     on_batch: Callable[[list[BatchReply]], None] | None = None,
-    histories: list[list[tuple[str, str]]] | None = None,
+    histories: list[History] | None = None,
 ) -> list[BatchReply]:
     """Greedy replies to `prompts` (each a fresh turn after `history`) under `settings`.
 
@@ -45,30 +95,15 @@ def generate_batch(
     if histories is not None and len(histories) != len(prompts):
         raise ValueError(f"{len(histories)} histories for {len(prompts)} prompts")
     rows = [list(h) for h in histories] if histories is not None else [list(history or [])] * len(prompts)
-    tok, model = session.loaded.tokenizer, session.loaded.model
-    device = session.loaded.device
-    hook = session.hook
+    tok, model = steered.loaded.tokenizer, steered.loaded.model
+    control = steered.control_for(settings)
+    pad = pad_id(tok)
     out: list[BatchReply] = []
-    pad_id = tok.pad_token_id
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        preps = [session.prepare(list(h), p, settings) for h, p in zip(rows[start : start + batch_size], chunk)]
-        width = max(p.input_ids.shape[1] for p in preps)
-        ids = torch.full((len(preps), width), pad_id, dtype=torch.long, device=device)
-        attn = torch.zeros_like(ids)
-        user_mask = torch.zeros_like(ids, dtype=torch.bool)
-        for row, p in enumerate(preps):
-            n = p.input_ids.shape[1]
-            ids[row, width - n :] = p.input_ids[0]
-            attn[row, width - n :] = 1
-            user_mask[row, width - n :] = p.user_mask[0]
-
-        def control() -> ClampRequest:
-            if settings.strength <= 0 or not session._refusal:
-                return ClampRequest(None)
-            conditional = settings.level.conditional and hook is not None and hook.gate is not None
-            return ClampRequest(session._reference * settings.strength, conditional)
-
+        preps = [steered.prepare(list(h), p, settings) for h, p in zip(rows[start : start + batch_size], chunk)]
+        batch = pad_batch([p.input_ids[0] for p in preps], pad, "left", steered.loaded.device,
+                          masks=[[p.user_mask[0] for p in preps]])
         first_logits: list[torch.Tensor] = []
 
         def keep_first(input_ids, scores):
@@ -76,30 +111,22 @@ def generate_batch(
                 first_logits.append(scores.detach().float().cpu())
             return scores
 
-        kwargs = dict(
-            input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=False,
-            temperature=None, top_p=None, top_k=None, pad_token_id=pad_id, logits_processor=[keep_first],
-        )
-        with torch.inference_mode():
-            if hook is not None:
-                hook.reset()
-                hook.control, hook.prompt_mask, hook.record = control, user_mask, False
-                try:
-                    with hook.applied(model):
-                        gen = model.generate(**kwargs)
-                finally:
-                    hook.record = True
-            else:
-                gen = model.generate(**kwargs)
+        with torch.inference_mode(), steered.steering(control, batch.masks[0], record=False) as hook:
+            gen = model.generate(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
+                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad,
+                logits_processor=[keep_first],
+            )
+        width = batch.input_ids.shape[1]
         replies = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
-        batch = []
+        done = []
         for row, (prompt, reply) in enumerate(zip(chunk, replies)):
             lo = opening_log_odds(first_logits[0][row], tok) if first_logits else None
             gate_score = gate_open = None
             if hook is not None and hook.gate_scores is not None:
                 gate_score, gate_open = float(hook.gate_scores[row]), bool(hook.gate_open[row])
-            batch.append(BatchReply(prompt, reply.strip(), judge_refusal(reply, lo), gate_score, gate_open))
-        out.extend(batch)
+            done.append(BatchReply(prompt, reply.strip(), judge_refusal(reply, lo), gate_score, gate_open))
+        out.extend(done)
         if on_batch is not None:
-            on_batch(batch)
+            on_batch(done)
     return out

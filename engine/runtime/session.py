@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -19,16 +17,12 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation.streamers import BaseStreamer
 
 from steerchat.engine.core.api import EngineError, ProgressCallback, SamplingSettings, TokenCallback
-from steerchat.engine.core.featureset import FeatureSet
-from steerchat.engine.core.levels import LevelScale, SafetySettings, guidance_text
-from steerchat.engine.runtime.loading import LoadedModel, load_model
-from steerchat.engine.runtime.judge import judge_refusal, opening_log_odds
-from steerchat.engine.runtime.sae import SAE
-from steerchat.engine.runtime.steering import ClampRequest, FeatureGate, SteeringHook
+from steerchat.engine.core.levels import SafetySettings
 from steerchat.engine.core.trace import TurnTrace
+from steerchat.engine.runtime.judge import judge_refusal, opening_log_odds
+from steerchat.engine.runtime.steered import History, SteeredModel, open_steered
+from steerchat.engine.runtime.steering import ClampRequest
 from steerchat.engine.runtime.tracebuild import build_trace_features
-
-Messages = list[dict[str, str]]
 
 
 class _Cancel(StoppingCriteria):
@@ -84,54 +78,21 @@ class _Streamer(BaseStreamer):
             self.on_token(piece)
 
 
-@dataclass
-class PreparedPrompt:
-    input_ids: torch.Tensor  # (1, T)
-    user_mask: torch.Tensor  # (1, T) True on the tokens of the latest user message
-    guidance: str | None
-
-
 class Session:
     """One conversation with a loaded model, optionally read and steered through an SAE."""
 
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        sae: SAE | None = None,
-        features: FeatureSet | None = None,
-        levels: LevelScale | None = None,
-        level: str | None = None,
-        system_prompt: str | None = None,
-        sampling: SamplingSettings | None = None,
-        adapter_name: str | None = None,
-        top_n: int = 8,
-    ):
-        self.loaded = loaded
-        self.model_name = loaded.name
-        self.sae = sae
-        self.sae_name = sae.name if sae is not None else None
-        self.adapter_name = adapter_name
-        self.features = features or FeatureSet()
-        self.levels = levels or LevelScale()
+    def __init__(self, steered: SteeredModel, level: str | None = None, system_prompt: str | None = None,
+                 sampling: SamplingSettings | None = None):
+        self.steered = steered
+        self.model_name = steered.model_name
+        self.sae_name = steered.sae_name
+        self.adapter_name = steered.adapter_name
+        self.levels = steered.levels
         self.settings = SafetySettings(level=self.levels.get(level) if level else self.levels.levels[0])
         self.system_prompt = system_prompt
         self.sampling = sampling or SamplingSettings()
-        self.history: list[tuple[str, str]] = []
+        self.history: History = []
         self._busy = threading.Lock()
-        self._refusal = [r.feature for r in self.features.refusal_features]
-        self._reference = torch.tensor(
-            [r.reference_activation for r in self.features.refusal_features], dtype=torch.float32,
-            device=loaded.device,
-        )
-        self.hook: SteeringHook | None = None
-        if sae is not None:
-            gate = None
-            if self.features.harm_gate is not None:
-                g = self.features.harm_gate
-                gate = FeatureGate(g.features, g.weights, g.threshold, g.skip_positions)
-            self.hook = SteeringHook(
-                sae=sae, layer=sae.cfg.hook_layer, refusal_features=self._refusal, gate=gate, top_n=top_n,
-            )
 
     # ---- the ChatSession protocol ----
 
@@ -167,41 +128,6 @@ class Session:
     def clear(self) -> None:
         self.history = []
 
-    # ---- prompt building ----
-
-    def build_messages(self, history: list[tuple[str, str]], user_text: str,
-                       settings: SafetySettings) -> tuple[Messages, str | None]:
-        guidance = guidance_text(settings.level.guidance)
-        system = "\n\n".join(s for s in (self.system_prompt, guidance) if s) or None
-        messages: Messages = [{"role": "system", "content": system}] if system else []
-        for u, a in history:
-            messages += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        messages.append({"role": "user", "content": user_text})
-        return messages, guidance
-
-    def _render(self, messages: Messages) -> str:
-        tok = self.loaded.tokenizer
-        try:
-            return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception:
-            if messages and messages[0]["role"] == "system":  # templates without a system role
-                system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
-                rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
-                return tok.apply_chat_template(rest, add_generation_prompt=True, tokenize=False)
-            raise
-
-    def prepare(self, history: list[tuple[str, str]], user_text: str, settings: SafetySettings) -> PreparedPrompt:
-        messages, guidance = self.build_messages(history, user_text, settings)
-        rendered = self._render(messages)
-        enc = self.loaded.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
-        ids = torch.tensor([enc["input_ids"]], device=self.loaded.device)
-        start = rendered.rfind(user_text)
-        end = start + len(user_text)
-        mask = torch.tensor(
-            [[start >= 0 and s < end and e > start for s, e in enc["offset_mapping"]]], device=self.loaded.device
-        )
-        return PreparedPrompt(ids, mask, guidance)
-
     # ---- one generation ----
 
     def _run(self, history: list[tuple[str, str]], user_text: str, get_settings: Callable[[], SafetySettings],
@@ -214,9 +140,10 @@ class Session:
             self._busy.release()
 
     def _generate(self, history, user_text, get_settings, on_token, cancel) -> TurnTrace:
+        steered = self.steered
         start_settings = get_settings()
-        prepared = self.prepare(history, user_text, start_settings)
-        tok, model = self.loaded.tokenizer, self.loaded.model
+        prepared = steered.prepare(history, user_text, start_settings, self.system_prompt)
+        tok, model = steered.loaded.tokenizer, steered.loaded.model
         level_changes: list[tuple[int, str]] = []
         step = {"n": 0, "level": start_settings.level.name}
 
@@ -226,10 +153,7 @@ class Session:
                 level_changes.append((step["n"], s.level.name))
                 step["level"] = s.level.name
             step["n"] += 1
-            if s.strength <= 0 or not self._refusal:
-                return ClampRequest(None)
-            conditional = s.level.conditional and self.hook is not None and self.hook.gate is not None
-            return ClampRequest(self._reference * s.strength, conditional)
+            return steered.clamp_request(s)
 
         streamer = _Streamer(tok, on_token)
         first = _FirstLogits()
@@ -250,18 +174,10 @@ class Session:
 
         error = None
         t0 = time.perf_counter()
-        hook = self.hook
-        if hook is not None:
-            hook.reset()
-            hook.control = control
-            hook.prompt_mask = prepared.user_mask
+        hook = steered.hook
         try:
-            with torch.inference_mode():
-                if hook is not None:
-                    with hook.applied(model):
-                        model.generate(**gen_kwargs)
-                else:
-                    model.generate(**gen_kwargs)
+            with torch.inference_mode(), steered.steering(control, prepared.user_mask):
+                model.generate(**gen_kwargs)
         except Exception as exc:  # keep the partial reply; the UI shows the error on the turn
             error = f"{type(exc).__name__}: {exc}"
         t1 = time.perf_counter()
@@ -274,7 +190,7 @@ class Session:
             prompt=user_text, reply=reply, level=start_settings.level.name,
             guidance_mode=start_settings.level.guidance.value, guidance_text=prepared.guidance,
             strength=start_settings.strength,
-            conditional=start_settings.level.conditional and hook is not None and hook.gate is not None,
+            conditional=steered.is_conditional(start_settings),
             model=self.model_name, sae=self.sae_name, adapter=self.adapter_name,
             hook_layer=hook.layer if hook else None,
             stopped=bool(cancel is not None and cancel.is_set()), error=error,
@@ -282,36 +198,18 @@ class Session:
         )
         if hook is not None and hook.records:
             build_trace_features(
-                trace, hook, prepared.input_ids[0].tolist(), streamer.ids, tok, self.features,
-                end_targets=(self._reference * end_settings.strength) if end_settings.strength > 0 else None,
+                trace, hook, prepared.input_ids[0].tolist(), streamer.ids, tok, steered.features,
+                end_targets=steered.clamp_targets(end_settings),
             )
         first_at = streamer.first_token_at or t1
         gen_s = max(t1 - first_at, 1e-9)
-        trace.timings.load_s = round(self.loaded.load_s, 3)
+        trace.timings.load_s = round(steered.loaded.load_s, 3)
         trace.timings.first_token_s = round(first_at - t0, 4)
         trace.timings.total_s = round(t1 - t0, 4)
         trace.timings.tokens_per_s = round((n_reply - 1) / gen_s, 2) if n_reply > 1 else 0.0
         trace.timings.prompt_tokens = int(prepared.input_ids.shape[1])
         trace.timings.reply_tokens = n_reply
         return trace
-
-
-def resolve_sae(spec: str | None, loaded: LoadedModel) -> Path | None:
-    """The SAE folder for `spec`: "auto" means the registry's shipped SAE, None/"none" means no SAE."""
-    if spec is None or spec.lower() == "none":
-        return None
-    if spec == "auto":
-        return loaded.entry.sae_path if loaded.entry else None
-    return Path(spec).expanduser()
-
-
-def resolve_features(sae_folder: Path, loaded: LoadedModel) -> FeatureSet | None:
-    for candidate in (sae_folder / "features.json", sae_folder.parent / "features.json"):
-        if candidate.is_file():
-            return FeatureSet.load(candidate)
-    if loaded.entry and loaded.entry.features_path and loaded.entry.sae_path == sae_folder:
-        return FeatureSet.load(loaded.entry.features_path)
-    return None
 
 
 def open_session(
@@ -321,27 +219,5 @@ def open_session(
     device: str = "auto", dtype: str | None = None,
 ) -> Session:
     """Load a model (and its SAE, features and calibrated levels) and start a session."""
-    loaded = load_model(model, quant=quant, device=device, dtype=dtype, progress=progress)
-    adapter_name = None
-    if adapter:
-        from steerchat.engine.runtime.adapters import attach_adapter
-
-        loaded.model, adapter_name = attach_adapter(loaded.model, adapter)
-    sae_obj = features = None
-    folder = resolve_sae(sae, loaded)
-    if folder is not None:
-        if progress:
-            from steerchat.engine.core.api import LoadProgress
-
-            progress(LoadProgress("sae", f"Loading SAE {folder.name}"))
-        sae_obj = SAE.load(folder, device=loaded.device, expect_d_in=loaded.d_model)
-        if sae_obj.cfg.hook_layer >= loaded.num_layers:
-            raise EngineError(
-                f"{folder}: hook layer {sae_obj.cfg.hook_layer} does not exist; {loaded.name} has "
-                f"{loaded.num_layers} decoder layers"
-            )
-        features = resolve_features(folder, loaded)
-    levels = LevelScale()
-    if loaded.entry and loaded.entry.levels_path and loaded.entry.levels_path.is_file():
-        levels = LevelScale.load(loaded.entry.levels_path)
-    return Session(loaded, sae_obj, features, levels, level, system, sampling, adapter_name)
+    steered = open_steered(model, sae=sae, adapter=adapter, quant=quant, device=device, dtype=dtype, progress=progress)
+    return Session(steered, level, system, sampling)

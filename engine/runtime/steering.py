@@ -24,7 +24,13 @@ from typing import Callable, Iterator
 
 import torch
 
+from steerchat.engine.core.featureset import HarmGate
+from steerchat.engine.runtime.layers import decoder_layer, layer_hidden, with_hidden
 from steerchat.engine.runtime.sae import SAE
+
+
+# A position whose residual norm exceeds this many times the prompt's median is an attention sink.
+SINK_FACTOR = 20.0
 
 
 @dataclass
@@ -48,6 +54,11 @@ class FeatureGate:
     threshold: float
     skip_positions: int = 0  # leading template tokens that carry no prompt content
 
+    @classmethod
+    def from_spec(cls, gate: HarmGate) -> "FeatureGate":
+        """The runtime gate for a fitted `HarmGate` read from features.json."""
+        return cls(list(gate.features), list(gate.weights), gate.threshold, gate.skip_positions)
+
     def scores(self, acts: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sequence scores (B,) and per-position scores (B, T)."""
         w = torch.tensor(self.weights, dtype=acts.dtype, device=acts.device)
@@ -57,28 +68,6 @@ class FeatureGate:
         if mask is not None:
             per_pos = per_pos.masked_fill(~mask.bool(), float("-inf"))
         return per_pos.max(dim=-1).values, per_pos
-
-
-def _layer_list(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder layers of a causal LM (Llama/Phi-3/Gemma/Qwen style), also under a PEFT wrapper."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for path in ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "layers"):
-        obj = base
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
-
-
-def decoder_layer(model: torch.nn.Module, layer: int) -> torch.nn.Module:
-    layers = _layer_list(model)
-    if not 0 <= layer < len(layers):
-        raise ValueError(f"hook layer {layer} is out of range: the model has {len(layers)} decoder layers")
-    return layers[layer]
 
 
 @dataclass
@@ -99,7 +88,8 @@ class SteeringHook:
     """Records SAE features at a decoder layer and clamps refusal features on request.
 
     `control()` is called on every pass and returns a ClampRequest; `gate` (optional)
-    decides at prefill whether conditional clamps apply to each sequence.
+    decides at prefill whether conditional clamps apply to each sequence. `applied()` is
+    the one way to configure and attach it for a generation or a forward pass.
     """
 
     sae: SAE
@@ -110,7 +100,7 @@ class SteeringHook:
     top_n: int = 8
     record: bool = True
     prompt_mask: torch.Tensor | None = None  # (B, T) attention mask of the prompt, for the gate
-    sink_factor: float = 20.0  # a position whose norm exceeds this many times the prompt's median is a sink
+    sink_factor: float = SINK_FACTOR
 
     def __post_init__(self) -> None:
         self.records: list[PassRecord] = []
@@ -134,7 +124,7 @@ class SteeringHook:
         return self._dirs
 
     def _hook(self, module: torch.nn.Module, args: tuple, output):
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = layer_hidden(output)
         with torch.no_grad():
             norms = hidden.float().norm(dim=-1)  # (B, T)
             if self._ref_norm is None:
@@ -165,9 +155,7 @@ class SteeringHook:
                 coeff = coeff * self.gate_open.to(coeff.dtype)[:, None, None]
             delta = coeff @ self.directions.to(coeff.dtype)
             steered = hidden + delta.to(hidden.dtype)
-        if isinstance(output, tuple):
-            return (steered,) + tuple(output[1:])
-        return steered
+        return with_hidden(output, steered)
 
     def attach(self, model: torch.nn.Module) -> "SteeringHook":
         self.detach()
@@ -180,8 +168,15 @@ class SteeringHook:
             self._handle = None
 
     @contextmanager
-    def applied(self, model: torch.nn.Module) -> Iterator["SteeringHook"]:
-        """Attach for the duration of a block; removed on exit, error or cancel alike."""
+    def applied(self, model: torch.nn.Module, control: Callable[[], ClampRequest] | None = None,
+                prompt_mask: torch.Tensor | None = None, record: bool = True) -> Iterator["SteeringHook"]:
+        """Forget the last pass, take this run's control (None keeps the hook's own), prompt mask
+        and recording choice, and attach for the duration of a block; removed on exit, error or
+        cancel alike."""
+        self.reset()
+        if control is not None:
+            self.control = control
+        self.prompt_mask, self.record = prompt_mask, record
         self.attach(model)
         try:
             yield self

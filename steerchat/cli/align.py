@@ -128,7 +128,7 @@ def _run(args) -> int:
 
     from steerchat.engine.pipelines.align.finetune import FinetuneConfig
     from steerchat.engine.pipelines.align.pipeline import Plan, Workspace, stage_analyse, stage_dataset, stage_finetune, stage_induce
-    from steerchat.engine.runtime.session import open_session
+    from steerchat.engine.runtime.steered import open_steered
     from steerchat.tui.config import load_config
 
     config, warning = load_config()
@@ -159,16 +159,16 @@ def _run(args) -> int:
         torch.set_num_threads(args.threads)
     print(f"steerchat align: loading {model}", file=sys.stderr)
     # Plain model: mistakes and analyses come from the model as it is, without the SAE.
-    session = open_session(model, sae="none", quant=args.quant)
+    steered = open_steered(model, sae="none", quant=args.quant)
     bars = _bar_factory()
     if stage in ("induce", "run"):
-        s = stage_induce(session, ws, plan, bars)
+        s = stage_induce(steered, ws, plan, bars)
         print(f"induce: {s} → {ws.mistakes}", file=sys.stderr)
     if stage in ("analyse", "run"):
-        kept = stage_analyse(session, ws, plan, bars)
+        kept = stage_analyse(steered, ws, plan, bars)
         print(f"analyse: {len(kept)} analyses kept → {ws.analyses}", file=sys.stderr)
     if stage in ("dataset", "run"):
-        m = stage_dataset(session, ws, plan, bars)
+        m = stage_dataset(steered, ws, plan, bars)
         print(f"dataset: {m['rows']} rows {m['counts']}, dropped for hint words {m['dropped_for_hint_words']} "
               f"→ {ws.dataset}", file=sys.stderr)
     if stage in ("finetune", "run"):
@@ -187,7 +187,7 @@ def _run(args) -> int:
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
 
         resume = True if getattr(args, "resume", False) else (None if stage == "run" else False)
-        result = stage_finetune(session.loaded, data, out, cfg, resume=resume, on_step=on_step)
+        result = stage_finetune(steered.loaded, data, out, cfg, resume=resume, on_step=on_step)
         bar.close()
         if result is None:
             print(f"finetune: {out} is already finished", file=sys.stderr)

@@ -143,24 +143,24 @@ def _judge_check(args) -> int:
 
 
 def _open(args):
-    from steerchat.engine.runtime.session import open_session
+    from steerchat.engine.runtime.steered import open_steered
     from steerchat.tui.config import load_config
 
     config, warning = load_config()
     if warning:
         print(f"steerchat: {warning}", file=sys.stderr)
     model = args.model or getattr(config, "model", None) or "smollm2-135m"
-    return open_session(model, sae=args.sae, adapter=args.adapter)
+    return open_steered(model, sae=args.sae, adapter=args.adapter)
 
 
-def _fit_gate(args, session) -> None:
+def _fit_gate(args, steered) -> None:
     from tqdm import tqdm
 
     from steerchat.engine.pipelines.harm_gate import default_gate_data, fit_harm_gate, write_gate
-    from steerchat.engine.runtime.session import resolve_sae
+    from steerchat.engine.runtime.steered import features_path, resolve_sae
 
-    folder = resolve_sae(args.sae, session.loaded)
-    path = next((c for c in (folder / "features.json", folder.parent / "features.json") if c.is_file()), None)
+    folder = resolve_sae(args.sae, steered.loaded)
+    path = features_path(folder, steered.loaded)
     if path is None:
         raise ValueError(f"no features.json beside {folder}; find the refusal features first")
     shared = Path(args.gate_data) if args.gate_data else Path("../shared/data")
@@ -169,7 +169,7 @@ def _fit_gate(args, session) -> None:
         print("steerchat eval: no harmless_train.json found; fitting against hard negatives only", file=sys.stderr)
     total = 2 * (len(data.harmful) + len(data.harmless) + len(data.hard))
     with tqdm(total=total, desc="fit gate", unit="prompt") as bar:
-        gate = fit_harm_gate(session, data, top_k=args.gate_features, recall_target=args.gate_recall,
+        gate = fit_harm_gate(steered, data, top_k=args.gate_features, recall_target=args.gate_recall,
                              seed=args.seed, progress=bar.update)
     write_gate(path, gate, command="steerchat eval --fit-gate " + " ".join(sys.argv[3:]))
     m = gate.metrics
@@ -177,11 +177,8 @@ def _fit_gate(args, session) -> None:
           f"{m['dev_open_harmful']:.0%} of harmful, {m['dev_open_harmless'] or 0:.0%} of harmless and "
           f"{m['dev_open_hard_negative']:.0%} of dangerous-sounding harmless prompts. Written to {path}")
     from steerchat.engine.core.featureset import FeatureSet
-    from steerchat.engine.pipelines.harm_gate import gate_for_session
 
-    session.features = FeatureSet.load(path)
-    if session.hook is not None:
-        session.hook.gate = gate_for_session(gate)
+    steered.set_features(FeatureSet.load(path))
 
 
 def _run(args) -> int:
@@ -198,23 +195,23 @@ def _run(args) -> int:
         torch.set_num_threads(args.threads)
     limits = {**DEFAULT_LIMITS, **(args.limit or {})}
     sets = [subsample(s, limits[s.kind], args.seed) for s in sets]
-    session = _open(args)
+    steered = _open(args)
     if args.fit_gate:
-        _fit_gate(args, session)
+        _fit_gate(args, steered)
     settings = []
     if args.levels:
-        names = session.levels.names if args.levels == "all" else [n.strip() for n in args.levels.split(",")]
-        settings += level_settings([session.levels.get(n) for n in names])
+        names = steered.levels.names if args.levels == "all" else [n.strip() for n in args.levels.split(",")]
+        settings += level_settings([steered.levels.get(n) for n in names])
     if args.strengths or not args.levels:
         feature_sets = None
         if args.features == "each":
-            feature_sets = [(f,) for f in session._refusal]
+            feature_sets = [(f,) for f in steered.refusal_features]
         elif args.features:
             feature_sets = [tuple(int(f) for f in args.features.split(","))]
         settings += sweep_settings(_floats(args.strengths or DEFAULT_STRENGTHS), args.conditional,
                                    [g.strip() for g in args.guidance.split(",")], feature_sets)
-    adapter_tag = f"+{session.adapter_name}" if session.adapter_name else ""
-    out = Path(args.out or Path("steerchat-eval") / f"{session.model_name}{adapter_tag}")
+    adapter_tag = f"+{steered.adapter_name}" if steered.adapter_name else ""
+    out = Path(args.out or Path("steerchat-eval") / f"{steered.model_name}{adapter_tag}")
     if args.restart and (out / "results.jsonl").exists():
         (out / "results.jsonl").unlink()
     judge2 = None
@@ -224,7 +221,7 @@ def _run(args) -> int:
         judge2 = ModelJudge.load(args.judge, threshold=args.judge_threshold)
     print(f"steerchat eval: {len(settings)} settings × " + ", ".join(f"{s.name} {len(s.items)}" for s in sets)
           + f" → {out}", file=sys.stderr)
-    report = run_sweep(session, sets, settings, out, max_new_tokens=args.max_new_tokens,
+    report = run_sweep(steered, sets, settings, out, max_new_tokens=args.max_new_tokens,
                        math_tokens=args.math_tokens, batch_size=args.batch_size, mc_batch=args.batch_size, judge2=judge2, seed=args.seed,
                        meta={"judge": args.judge, "sets": {s.name: s.source for s in sets}, "seed": args.seed,
                              "adapter": args.adapter})
@@ -245,7 +242,7 @@ def _run(args) -> int:
         from steerchat.engine.pipelines.plot import plot_sweep
 
         try:
-            png = plot_sweep(report["summary"], out / "eval.png", title=f"{session.model_name} + {session.sae_name}")
+            png = plot_sweep(report["summary"], out / "eval.png", title=f"{steered.model_name} + {steered.sae_name}")
             print(f"plot: {png}", file=sys.stderr)
         except RuntimeError as exc:
             print(f"steerchat eval: {exc}", file=sys.stderr)
@@ -253,7 +250,7 @@ def _run(args) -> int:
         from steerchat.engine.pipelines.calibrate import choose_levels, write_levels
 
         target = Path(args.levels_out) if args.levels_out else (
-            session.loaded.entry.levels_path if session.loaded.entry else None)
+            steered.loaded.entry.levels_path if steered.loaded.entry else None)
         if target is None:
             raise ValueError("this model has no registry entry; give --levels-out for the calibrated levels")
         scale = choose_levels(report["summary"])

@@ -102,14 +102,14 @@ def _out_folder(args):
     return sae.parent if sae.name == "sae" else sae
 
 
-def _session(args):
+def _steered(args):
+    from pathlib import Path
+
     from steerchat.engine.runtime.loading import load_model
-    from steerchat.engine.runtime.sae import SAE
-    from steerchat.engine.runtime.session import Session
+    from steerchat.engine.runtime.steered import SteeredModel, load_sae_for
 
     loaded = load_model(args.model)
-    sae = SAE.load(args.sae, device=loaded.device, expect_d_in=loaded.d_model)
-    return Session(loaded, sae)
+    return SteeredModel(loaded, load_sae_for(loaded, Path(args.sae)))
 
 
 def run_find(args: argparse.Namespace) -> int:
@@ -121,7 +121,7 @@ def run_find(args: argparse.Namespace) -> int:
             raise ValueError("--method contrast needs --harmless prompts to contrast refusals with")
         harmful, harmless = _prompts(args.harmful), _prompts(args.harmless) if args.harmless else []
         val_h, val_s = _prompts(args.val_harmful), _prompts(args.val_harmless)
-        session = _session(args)
+        steered = _steered(args)
         previous = None
         if args.reuse:
             from steerchat.engine.core.featureset import FeatureSet
@@ -136,7 +136,7 @@ def run_find(args: argparse.Namespace) -> int:
             from steerchat.engine.core.levels import SafetySettings
 
             print(f"steerchat: generating the model's own replies to {len(missing)} harmful prompts", file=sys.stderr)
-            for r in generate_batch(session, missing, SafetySettings(), 40, args.batch_size):
+            for r in generate_batch(steered, missing, SafetySettings(), 40, args.batch_size):
                 replies[r.prompt] = r.reply
         try:
             sizes = tuple(int(x) for x in args.sizes.split(",") if x.strip())
@@ -146,10 +146,10 @@ def run_find(args: argparse.Namespace) -> int:
                          probe_strength=args.probe_strength, max_new_tokens=args.max_new_tokens,
                          batch_size=args.batch_size, min_gain=args.min_gain)
         t0 = time.perf_counter()
-        features, record = find_refusal_features(session, harmful, replies, harmless, val_h, val_s, cfg,
+        features, record = find_refusal_features(steered, harmful, replies, harmless, val_h, val_s, cfg,
                                                  previous=previous)
         record["seconds"] = round(time.perf_counter() - t0, 1)
-        path = write_features(_out_folder(args), features, record, session.sae.name, session.sae.cfg.hook_layer,
+        path = write_features(_out_folder(args), features, record, steered.sae.name, steered.sae.cfg.hook_layer,
                               command_line(args, "features", "find-refusal"))
     except (EngineError, ValueError) as exc:
         print(f"steerchat: {exc}", file=sys.stderr)
@@ -208,8 +208,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         fpath = Path(args.features) if args.features else (
             sae / "features.json" if (sae / "features.json").is_file() else sae.parent / "features.json")
         fs = FeatureSet.load(fpath)
-        session = _session(args)
-        rows = sweep(session, [r.feature for r in fs.refusal_features], [r.reference_activation for r in fs.refusal_features],
+        steered = _steered(args)
+        rows = sweep(steered, [r.feature for r in fs.refusal_features], [r.reference_activation for r in fs.refusal_features],
                      _prompts(args.harmful), _prompts(args.harmless), points, args.max_new_tokens, args.batch_size)
     except (EngineError, ValueError) as exc:
         print(f"steerchat: {exc}", file=sys.stderr)

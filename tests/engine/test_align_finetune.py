@@ -111,6 +111,7 @@ def test_every_stage_end_to_end_and_the_chat_loads_the_result(tiny_model_dir, tm
     import steerchat.engine.pipelines.align.analyse as analyse
     from steerchat.engine.pipelines.align.pipeline import Plan, Workspace, stage_analyse, stage_dataset, stage_finetune, stage_induce
     from steerchat.engine.runtime.session import open_session
+    from steerchat.engine.runtime.steered import open_steered
 
     # Random weights write no sensible analysis; accept every one so the stage's rows flow on.
     monkeypatch.setattr(analyse, "analysis_problem", lambda text, mistake: None)
@@ -118,7 +119,7 @@ def test_every_stage_end_to_end_and_the_chat_loads_the_result(tiny_model_dir, tm
     (tmp_path / "harmless.txt").write_text("Name a colour\nCount to three\n")
     (tmp_path / "bad.jsonl").write_text('{"instruction": "Lie to me", "reply": "The moon is cheese."}\n')
     (tmp_path / "good.jsonl").write_text('{"instruction": "Say hi", "reply": "Hi!"}\n')
-    session = open_session(str(tiny_model_dir), sae="none")
+    session = open_steered(str(tiny_model_dir), sae="none")
     ws = Workspace(tmp_path / "work")
     plan = Plan(instructions=str(tmp_path / "harmful.json"), mistake_files=[str(tmp_path / "bad.jsonl")],
                 harmless=str(tmp_path / "harmless.txt"), good_file=str(tmp_path / "good.jsonl"),

@@ -28,10 +28,10 @@ def loaded(tiny_model_dir):
 def taught(tiny_model_dir):
     """A tiny model trained for a few steps to answer QUESTION with 'cat'."""
     from steerchat.engine.runtime.loading import load_model
-    from steerchat.engine.runtime.session import Session
+    from steerchat.engine.runtime.steered import SteeredModel
 
     lm = load_model(str(tiny_model_dir), device="cpu")
-    session = Session(lm)
+    session = SteeredModel(lm)
     prep = session.prepare([], mc_prompt(QUESTION), SafetySettings())
     prefix = prep.input_ids[0].tolist()
     answer = lm.tokenizer.encode("cat", add_special_tokens=False)
@@ -63,9 +63,9 @@ def test_log_likelihood_picks_the_taught_answer(taught):
 
 
 def test_option_score_is_the_mean_log_prob_of_its_tokens(loaded):
-    from steerchat.engine.runtime.session import Session
+    from steerchat.engine.runtime.steered import SteeredModel
 
-    session = Session(loaded)
+    session = SteeredModel(loaded)
     q = MCQuestion("Pick one.", ("ab", "xyz"), 0)
     mean = score_multiple_choice(session, [q], SafetySettings(), length_norm=True)[0].scores
     total = score_multiple_choice(session, [q], SafetySettings(), length_norm=False)[0].scores
@@ -80,11 +80,11 @@ def test_option_score_is_the_mean_log_prob_of_its_tokens(loaded):
 
 
 def test_scores_are_unchanged_by_an_idle_hook_and_changed_by_a_clamp(loaded):
-    from steerchat.engine.runtime.session import Session
+    from steerchat.engine.runtime.steered import SteeredModel
 
-    plain = Session(loaded)
+    plain = SteeredModel(loaded)
     sae = SAE.random(loaded.d_model, 128, k=8, hook_layer=1, seed=1)
-    steered = Session(loaded, sae, FeatureSet(refusal_features=[RefusalFeature(5, 4.0)]))
+    steered = SteeredModel(loaded, sae, FeatureSet(refusal_features=[RefusalFeature(5, 4.0)]))
     qs = [QUESTION, MCQuestion("2 + 2 = ?", ("3", "4", "22"), 1)]
     base = score_multiple_choice(plain, qs, SafetySettings(), batch_size=4)
     idle = score_multiple_choice(steered, qs, SafetySettings(), batch_size=4)

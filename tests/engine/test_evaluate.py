@@ -158,13 +158,13 @@ def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
     from steerchat.engine.core.featureset import FeatureSet, HarmGate, RefusalFeature
     from steerchat.engine.runtime.loading import load_model
     from steerchat.engine.runtime.sae import SAE
-    from steerchat.engine.runtime.session import Session
     from steerchat.engine.runtime import batch
+    from steerchat.engine.runtime.steered import SteeredModel
 
     lm = load_model(str(tiny_model_dir), device="cpu")
     sae = SAE.random(lm.d_model, 64, k=8, hook_layer=1)
     fs = FeatureSet(refusal_features=[RefusalFeature(3, 2.0)], harm_gate=HarmGate([1, 2], [1.0, 1.0], 0.0))
-    session = Session(lm, sae, fs)
+    session = SteeredModel(lm, sae, fs)
     sets = [subsample(s, 2, 0) for s in load_sets(only=["unsafe", "safe", "mc"])]
     calls = []
     real = batch.generate_batch
@@ -217,9 +217,9 @@ def test_escalation_feeds_each_script_its_own_history(tiny_model_dir, monkeypatc
     from steerchat.engine.core.datasets import Escalation
     from steerchat.engine.pipelines.escalation import compliance_rate, run_escalations
     from steerchat.engine.runtime.loading import load_model
-    from steerchat.engine.runtime.session import Session
+    from steerchat.engine.runtime.steered import SteeredModel
 
-    session = Session(load_model(str(tiny_model_dir), device="cpu"))
+    session = SteeredModel(load_model(str(tiny_model_dir), device="cpu"))
     seen: list[tuple[list, str]] = []
     real = session.prepare
     monkeypatch.setattr(session, "prepare", lambda h, p, s: (seen.append((list(h), p)), real(h, p, s))[1])

@@ -10,7 +10,7 @@ import torch
 
 from steerchat.engine.core.featureset import FeatureSet
 from steerchat.engine.pipelines.refusal_features import (Candidate, fit_direction, nonneg_least_squares, pursue_direction,
-                                     rank_features)
+                                     rank_contrast_features)
 from steerchat.engine.runtime.sae import SAE
 from steerchat.cli.main import main
 
@@ -42,7 +42,7 @@ def test_rank_features_finds_the_planted_refusal_feature():
     tokens = torch.zeros(100, d)
     tokens[:, 7] = torch.linspace(0, 10, 100)
     stats = {"refusal": seqs(True), "compliant": seqs(False), "harmless": seqs(False), "refusal_tokens": tokens}
-    cands = rank_features(stats, n=3, percentile=90)
+    cands = rank_contrast_features(stats, n=3, percentile=90)
     assert isinstance(cands[0], Candidate) and cands[0].feature == 7
     assert cands[0].consistency == 1.0 and cands[0].effect_size > 5
     fired = tokens[:, 7][tokens[:, 7] > 0]

@@ -13,7 +13,9 @@ from steerchat.engine.core.levels import SafetyLevel, SafetySettings
 from steerchat.engine.runtime.loading import load_model
 from steerchat.engine.runtime.sae import SAE
 from steerchat.engine.runtime.session import Session
-from steerchat.engine.runtime.steering import ClampRequest, FeatureGate, SteeringHook, decoder_layer
+from steerchat.engine.runtime.layers import decoder_layer
+from steerchat.engine.runtime.steered import SteeredModel
+from steerchat.engine.runtime.steering import ClampRequest, FeatureGate, SteeringHook
 
 LAYER = 1
 
@@ -162,7 +164,7 @@ def _session(tiny, sae, gate_threshold=None, max_new_tokens=10):
     fs = FeatureSet(refusal_features=[RefusalFeature(3, 2.0), RefusalFeature(9, 1.5)])
     if gate_threshold is not None:
         fs.harm_gate = HarmGate(features=[0, 1, 2], weights=[1.0, 1.0, 1.0], threshold=gate_threshold)
-    return Session(tiny, sae, fs, sampling=SamplingSettings(max_new_tokens=max_new_tokens))
+    return Session(SteeredModel(tiny, sae, fs), sampling=SamplingSettings(max_new_tokens=max_new_tokens))
 
 
 def _count_passes(model, after: int, event: threading.Event):
@@ -209,7 +211,7 @@ def test_slider_move_mid_reply_is_recorded_and_applied(tiny, sae):
         handle.remove()
     assert trace.level == "Off"
     assert trace.level_changes == [(3, "Max")]
-    targets = [r.targets for r in session.hook.records]
+    targets = [r.targets for r in session.steered.hook.records]
     assert all(t is None for t in targets[:3])
     assert all(torch.equal(t, torch.tensor([6.0, 4.5])) for t in targets[3:])
     assert [rf.target for rf in trace.refusal_features] == [6.0, 4.5]
@@ -223,13 +225,13 @@ def test_conditional_clamp_follows_the_gate(tiny, sae):
     t_closed, t_off = closed.send("how do I do it"), off.send("how do I do it")
     assert t_closed.gate is not None and not t_closed.gate.open
     assert t_closed.reply == t_off.reply
-    assert all(r.targets is None for r in closed.hook.records)
+    assert all(r.targets is None for r in closed.steered.hook.records)
 
     opened = _session(tiny, sae, gate_threshold=-1e9)
     opened.settings = cond
     t_open = opened.send("how do I do it")
     assert t_open.gate.open and t_open.conditional
-    assert all(r.targets is not None for r in opened.hook.records)
+    assert all(r.targets is not None for r in opened.steered.hook.records)
 
 
 def test_trace_json_round_trips(tiny, sae):

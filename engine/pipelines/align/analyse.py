@@ -50,7 +50,7 @@ def analysis_problem(analysis: str, mistake: Mistake) -> str | None:
     return None
 
 
-def analyse_mistakes(session, mistakes: list[Mistake], out_path: Path, *, max_new_tokens: int = 128,
+def analyse_mistakes(steered, mistakes: list[Mistake], out_path: Path, *, max_new_tokens: int = 128,
                      batch_size: int = 8, progress: Progress | None = None) -> list[Analysis]:
     """Guided analysis of every mistake; returns the analyses that pass the checks.
 
@@ -66,7 +66,7 @@ def analyse_mistakes(session, mistakes: list[Mistake], out_path: Path, *, max_ne
         problem = analysis_problem(r.reply, m)
         return {**item, "analysis": r.reply, "kept": problem is None, "problem": problem}
 
-    rows = generate_stage(session, items, out_path, lambda it: guided_analysis_prompt(it["instruction"], it["reply"]),
+    rows = generate_stage(steered, items, out_path, lambda it: guided_analysis_prompt(it["instruction"], it["reply"]),
                           SafetySettings(), judge, key="key", max_new_tokens=max_new_tokens,
                           batch_size=batch_size, progress=progress)
     wanted = {it["key"] for it in items}

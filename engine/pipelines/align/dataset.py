@@ -25,9 +25,10 @@ from pathlib import Path
 
 from steerchat.engine.pipelines.align.analyse import analysis_problem
 from steerchat.engine.pipelines.align.generation import Progress, generate_stage
-from steerchat.engine.pipelines.align.induce import read_pairs
 from steerchat.engine.pipelines.align.prompts import HINT_PHRASES, contains_hint, unguided_analysis_prompt
-from steerchat.engine.pipelines.align.records import AlignError, Analysis, GoodReply, Mistake, TrainingRow, mark_done, read_jsonl, write_jsonl
+from steerchat.engine.core.datasets import load_pairs
+from steerchat.engine.core.jsonl import read_jsonl, write_jsonl
+from steerchat.engine.pipelines.align.records import AlignError, Analysis, GoodReply, Mistake, TrainingRow, mark_done
 from steerchat.engine.core.levels import DEFAULT_LEVELS, GuidanceMode, SafetySettings
 
 TRAIN_NAME = "train.jsonl"
@@ -40,7 +41,7 @@ def guided_settings() -> SafetySettings:
     return SafetySettings(level=level)
 
 
-def good_replies(session, instructions: list[str], harmful: bool, out_path: Path, *, max_new_tokens: int = 96,
+def good_replies(steered, instructions: list[str], harmful: bool, out_path: Path, *, max_new_tokens: int = 96,
                  batch_size: int = 8, progress: Progress | None = None) -> list[GoodReply]:
     """The model's guided replies that the judge accepts: refusals for harmful
     instructions; for harmless ones, non-refusals that pass the same cheap checks as an
@@ -55,7 +56,7 @@ def good_replies(session, instructions: list[str], harmful: bool, out_path: Path
         return {"instruction": item["instruction"], "reply": r.reply, "harmful": harmful, "kept": bool(keep),
                 "source": "guided", "refusal_score": r.verdict.score}
 
-    rows = generate_stage(session, [{"instruction": i} for i in instructions], out_path, lambda it: it["instruction"],
+    rows = generate_stage(steered, [{"instruction": i} for i in instructions], out_path, lambda it: it["instruction"],
                           guided_settings(), judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
                           progress=progress)
     wanted = set(instructions)
@@ -68,8 +69,8 @@ def good_replies(session, instructions: list[str], harmful: bool, out_path: Path
 def load_good_pairs(path: Path) -> list[GoodReply]:
     """Ordinary (instruction, good reply) pairs from a JSONL file (reply/response/output)."""
     name = Path(path).name
-    return [GoodReply(ins, rep, bool(row.get("harmful", False)), row.get("source") or f"file:{name}")
-            for row, ins, rep in read_pairs(path)]
+    return [GoodReply(p.prompt, p.reply, bool(p.row.get("harmful", False)), p.row.get("source") or f"file:{name}")
+            for p in load_pairs(path, error=AlignError)]
 
 
 def training_rows(analyses: list[Analysis], good: list[GoodReply]) -> tuple[list[TrainingRow], Counter]:
@@ -126,6 +127,6 @@ def load_training_rows(path: Path) -> list[TrainingRow]:
     path = Path(path)
     if path.is_dir():
         path = path / TRAIN_NAME
-    rows = read_jsonl(path, required=("prompt", "reply"))
+    rows = read_jsonl(path, required=("prompt", "reply"), error=AlignError)
     return [TrainingRow(r.get("kind", "ordinary"), r["prompt"], r["reply"], r.get("source", ""), r.get("meta", {}))
             for r in rows]

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from steerchat.engine.pipelines.align.records import AlignError, TrainingRow
+from steerchat.engine.runtime.batch import pad_batch, pad_id
 
 MANIFEST_NAME = "steerchat_adapter.json"
 STATE_NAME = "trainer_state.pt"
@@ -93,17 +94,11 @@ def encode_row(tokenizer, row: TrainingRow, max_seq_len: int) -> Encoded | None:
     return Encoded(ids, labels)
 
 
-def collate(batch: list[Encoded], pad_id: int, device) -> dict[str, torch.Tensor]:
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    attn = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        attn[i, :n] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": attn.to(device)}
+def collate(batch: list[Encoded], pad: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (padding is never learnt: label -100)."""
+    inputs = pad_batch([e.input_ids for e in batch], pad, "right", device)
+    labels = pad_batch([e.labels for e in batch], -100, "right", device)
+    return {"input_ids": inputs.input_ids, "labels": labels.input_ids, "attention_mask": inputs.attention_mask}
 
 
 def micro_batch_indices(n_rows: int, batch_size: int, micro: int, seed: int) -> list[int]:
@@ -246,7 +241,7 @@ def finetune(loaded, rows: list[TrainingRow], out_dir: Path, cfg: FinetuneConfig
         torch.manual_seed(cfg.seed + 1)  # dropout stream independent of the LoRA init
 
     device = next(p for p in model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     t0 = time.perf_counter()
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     while step < end:

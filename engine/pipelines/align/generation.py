@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from steerchat.engine.pipelines.align.records import done_keys, read_jsonl, write_jsonl
+from steerchat.engine.core.jsonl import read_jsonl, write_jsonl
+from steerchat.engine.pipelines.align.records import AlignError, done_keys
 from steerchat.engine.runtime.batch import BatchReply, generate_batch
 from steerchat.engine.core.levels import SafetySettings
 
@@ -14,7 +15,7 @@ Progress = Callable[[int], None]
 
 
 def generate_stage(
-    session,
+    steered,
     items: list[dict],
     out_path: Path,
     make_prompt: Callable[[dict], str],
@@ -42,9 +43,9 @@ def generate_stage(
         progress(len(items) - len(todo))
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        replies = generate_batch(session, [make_prompt(it) for it in chunk], settings,
+        replies = generate_batch(steered, [make_prompt(it) for it in chunk], settings,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
         write_jsonl(out_path, [judge(it, r) for it, r in zip(chunk, replies)], append=True)
         if progress:
             progress(len(chunk))
-    return read_jsonl(out_path) if Path(out_path).is_file() else []
+    return read_jsonl(out_path, error=AlignError) if Path(out_path).is_file() else []

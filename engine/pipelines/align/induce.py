@@ -11,15 +11,14 @@ from pathlib import Path
 
 from steerchat.engine.pipelines.align.generation import Progress, generate_stage
 from steerchat.engine.pipelines.align.prompts import induce_prompt
-from steerchat.engine.pipelines.align.records import AlignError, Mistake, mark_done, read_jsonl
+from steerchat.engine.core.datasets import load_pairs
+from steerchat.engine.pipelines.align.records import AlignError, Mistake, mark_done
 from steerchat.engine.core.levels import SafetySettings
 from steerchat.store import Store, StoreError
 
-INSTRUCTION_KEYS = ("instruction", "prompt", "question")
-REPLY_KEYS = ("bad_reply", "reply", "response", "output", "answer")
 
 
-def induce_mistakes(session, instructions: list[str], out_path: Path, *, max_new_tokens: int = 96,
+def induce_mistakes(steered, instructions: list[str], out_path: Path, *, max_new_tokens: int = 96,
                     batch_size: int = 8, progress: Progress | None = None) -> list[Mistake]:
     """Ask the model each instruction with the red-team hint; keep the non-refusals.
 
@@ -33,7 +32,7 @@ def induce_mistakes(session, instructions: list[str], out_path: Path, *, max_new
         return {"instruction": item["instruction"], "reply": r.reply, "source": "induced", "kept": keep,
                 "refusal_score": r.verdict.score}
 
-    rows = generate_stage(session, [{"instruction": i} for i in instructions], out_path,
+    rows = generate_stage(steered, [{"instruction": i} for i in instructions], out_path,
                           lambda it: induce_prompt(it["instruction"]), SafetySettings(), judge,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     wanted = set(instructions)
@@ -43,34 +42,14 @@ def induce_mistakes(session, instructions: list[str], out_path: Path, *, max_new
     return kept
 
 
-def read_pairs(path: Path) -> list[tuple[dict, str, str]]:
-    """(row, instruction, reply) for each row of a JSONL of instruction/reply pairs.
-
-    Any of INSTRUCTION_KEYS and REPLY_KEYS may name the fields; rows of a stage-1 file
-    marked `kept: false` are skipped; a row lacking either raises AlignError with its number.
-    """
-    path = Path(path)
-    out = []
-    for i, row in enumerate(read_jsonl(path), 1):
-        if row.get("kept") is False:
-            continue
-        ins = next((row[k] for k in INSTRUCTION_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
-        rep = next((row[k] for k in REPLY_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
-        if ins is None or rep is None:
-            missing = "instruction" if ins is None else "reply"
-            raise AlignError(f"{path.name}: row {i} has no {missing} "
-                             f"(keys {', '.join(INSTRUCTION_KEYS if ins is None else REPLY_KEYS)})")
-        out.append((row, ins, rep))
-    return out
-
-
 def load_mistakes(path: Path, source: str | None = None) -> list[Mistake]:
     """Mistakes from a JSONL of {instruction, reply} (also prompt/response/output/bad_reply).
 
     A stage-1 file is read too: its rows marked `kept: false` are skipped.
     """
     name = Path(path).name
-    return [Mistake(ins, rep, source or row.get("source") or f"file:{name}") for row, ins, rep in read_pairs(path)]
+    return [Mistake(p.prompt, p.reply, source or p.row.get("source") or f"file:{name}")
+            for p in load_pairs(path, error=AlignError)]
 
 
 def mistakes_from_history(db_path: Path) -> list[Mistake]:

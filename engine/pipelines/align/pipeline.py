@@ -28,7 +28,8 @@ from steerchat.engine.pipelines.align.dataset import TRAIN_NAME, build_dataset, 
 from steerchat.engine.pipelines.align.finetune import MANIFEST_NAME as ADAPTER_MANIFEST
 from steerchat.engine.pipelines.align.finetune import FinetuneConfig, FinetuneResult, finetune, latest_checkpoint
 from steerchat.engine.pipelines.align.induce import induce_mistakes, load_mistakes, mistakes_from_history
-from steerchat.engine.pipelines.align.records import AlignError, Analysis, Mistake, read_jsonl, write_jsonl
+from steerchat.engine.core.jsonl import read_jsonl, write_jsonl
+from steerchat.engine.pipelines.align.records import AlignError, Analysis, Mistake
 
 # (stage name, total items) → a progress callback taking how many items just finished
 BarFactory = Callable[[str, int], Callable[[int], None]]
@@ -82,12 +83,12 @@ class Workspace:
         return out
 
 
-def stage_induce(session, ws: Workspace, plan: Plan, bar: BarFactory | None = None) -> dict:
+def stage_induce(steered, ws: Workspace, plan: Plan, bar: BarFactory | None = None) -> dict:
     """Stage 1: induce mistakes and collect the ones from files and the history."""
     summary: dict = {}
     if plan.instructions:
         items = _instructions(plan.instructions, plan.limit, plan.seed)
-        kept = induce_mistakes(session, items, ws.mistakes, max_new_tokens=plan.max_new_tokens,
+        kept = induce_mistakes(steered, items, ws.mistakes, max_new_tokens=plan.max_new_tokens,
                                batch_size=plan.batch_size, progress=bar("induce", len(items)) if bar else None)
         summary["induced"] = {"asked": len(items), "kept": len(kept)}
     collected: list[Mistake] = []
@@ -105,34 +106,34 @@ def stage_induce(session, ws: Workspace, plan: Plan, bar: BarFactory | None = No
     return summary
 
 
-def stage_analyse(session, ws: Workspace, plan: Plan, bar: BarFactory | None = None) -> list[Analysis]:
+def stage_analyse(steered, ws: Workspace, plan: Plan, bar: BarFactory | None = None) -> list[Analysis]:
     """Stage 2: guided analysis of every mistake in the work folder."""
     mistakes = ws.all_mistakes()
     if not mistakes:
         raise AlignError(f"{ws.folder}: no mistakes yet; run `steerchat align induce` first")
-    return analyse_mistakes(session, mistakes, ws.analyses, max_new_tokens=plan.analysis_tokens,
+    return analyse_mistakes(steered, mistakes, ws.analyses, max_new_tokens=plan.analysis_tokens,
                             batch_size=plan.batch_size, progress=bar("analyse", len(mistakes)) if bar else None)
 
 
-def stage_dataset(session, ws: Workspace, plan: Plan, bar: BarFactory | None = None) -> dict:
+def stage_dataset(steered, ws: Workspace, plan: Plan, bar: BarFactory | None = None) -> dict:
     """Stage 3: guided good replies, then train.jsonl and its manifest."""
     if not ws.analyses.is_file():
         raise AlignError(f"{ws.analyses}: no analyses yet; run `steerchat align analyse` first")
     analyses = [Analysis(r["instruction"], r["reply"], r["analysis"], r["source"])
-                for r in read_jsonl(ws.analyses) if r.get("kept")]
+                for r in read_jsonl(ws.analyses, error=AlignError) if r.get("kept")]
     good = []
     if plan.answers:
         harmful = sorted({m.instruction for m in ws.all_mistakes()})
-        good += good_replies(session, harmful, True, ws.good_harmful, max_new_tokens=plan.max_new_tokens,
+        good += good_replies(steered, harmful, True, ws.good_harmful, max_new_tokens=plan.max_new_tokens,
                              batch_size=plan.batch_size, progress=bar("good (harmful)", len(harmful)) if bar else None)
     if plan.harmless:
         ordinary = _instructions(plan.harmless, plan.ordinary_limit, plan.seed)
-        good += good_replies(session, ordinary, False, ws.good_harmless, max_new_tokens=plan.max_new_tokens,
+        good += good_replies(steered, ordinary, False, ws.good_harmless, max_new_tokens=plan.max_new_tokens,
                              batch_size=plan.batch_size, progress=bar("good (ordinary)", len(ordinary)) if bar else None)
     if plan.good_file:
         good += load_good_pairs(Path(plan.good_file))
     sources = {"instructions": plan.instructions, "mistake_files": plan.mistake_files, "history": plan.history,
-               "harmless": plan.harmless, "good_file": plan.good_file, "model": getattr(session, "model_name", None)}
+               "harmless": plan.harmless, "good_file": plan.good_file, "model": getattr(steered, "model_name", None)}
     return build_dataset(analyses, good, ws.dataset, sources=sources, seed=plan.seed)
 
 

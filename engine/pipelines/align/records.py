@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from steerchat.engine.core.api import EngineError
+from steerchat.engine.core.jsonl import read_jsonl
 
 
 class AlignError(EngineError):
@@ -59,43 +59,9 @@ class TrainingRow:
     meta: dict = field(default_factory=dict)
 
 
-def write_jsonl(path: Path, rows: Iterable, append: bool = False) -> int:
-    """Write dataclass rows (or dicts) as JSONL; returns how many."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("a" if append else "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row if isinstance(row, dict) else asdict(row), ensure_ascii=False) + "\n")
-            n += 1
-    return n
-
-
-def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
-    """Read a JSONL file of objects; a bad line raises AlignError naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise AlignError(f"{path}: no such file")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AlignError(f"{path.name}:{i}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise AlignError(f"{path.name}:{i}: expected a JSON object")
-            missing = [k for k in required if not isinstance(obj.get(k), str) or not obj[k].strip()]
-            if missing:
-                raise AlignError(f"{path.name}:{i}: missing or empty {', '.join(repr(k) for k in missing)}")
-            rows.append(obj)
-    return rows
-
-
 def done_keys(path: Path, key: str = "instruction") -> set[str]:
     """The items an interrupted stage already wrote (empty when it has not started)."""
-    return {r[key] for r in read_jsonl(path)} if Path(path).is_file() else set()
+    return {r[key] for r in read_jsonl(path, error=AlignError)} if Path(path).is_file() else set()
 
 
 def mark_done(path: Path, summary: dict) -> None:

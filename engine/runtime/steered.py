@@ -1,0 +1,228 @@
+"""A steered model: a loaded model read and steered through an SAE, shared by the chat and
+every pipeline.
+
+`SteeredModel` bundles what a steered forward pass needs (the loaded model and tokenizer,
+the SAE, the steering hook on its layer, the feature set with its harm gate, and the
+model's safety levels) and says, in one place, how `SafetySettings` become a clamp
+request (`clamp_request`), how a conversation becomes model input (`prepare`), and how
+the hook is attached for one run (`steering`). The chat session adds history and
+streaming on top; sweeps, evaluation, gate fitting and data collection use it directly.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from jinja2.exceptions import TemplateError
+
+from steerchat.engine.core.api import EngineError, LoadProgress, ProgressCallback
+from steerchat.engine.core.featureset import FeatureSet, RefusalFeature
+from steerchat.engine.core.levels import LevelScale, SafetySettings, guidance_text
+from steerchat.engine.runtime.adapters import attach_adapter
+from steerchat.engine.runtime.loading import LoadedModel, load_model
+from steerchat.engine.runtime.sae import SAE
+from steerchat.engine.runtime.steering import ClampRequest, FeatureGate, SteeringHook
+
+Messages = list[dict[str, str]]
+History = list[tuple[str, str]]
+
+
+@dataclass
+class PreparedPrompt:
+    input_ids: torch.Tensor  # (1, T)
+    user_mask: torch.Tensor  # (1, T) True on the tokens of the latest user message
+    guidance: str | None
+
+
+@dataclass
+class SteeredModel:
+    """A loaded model with (optionally) an SAE hook that records features and clamps refusal."""
+
+    loaded: LoadedModel
+    sae: SAE | None = None
+    features: FeatureSet = field(default_factory=FeatureSet)
+    levels: LevelScale = field(default_factory=LevelScale)
+    adapter_name: str | None = None
+    top_n: int = 8  # features recorded per position
+
+    def __post_init__(self) -> None:
+        self._build()
+
+    def _build(self) -> None:
+        self.refusal_features: list[int] = [r.feature for r in self.features.refusal_features]
+        self.reference = torch.tensor([r.reference_activation for r in self.features.refusal_features],
+                                      dtype=torch.float32, device=self.loaded.device)
+        self.hook: SteeringHook | None = None
+        if self.sae is not None:
+            gate = FeatureGate.from_spec(self.features.harm_gate) if self.features.harm_gate is not None else None
+            self.hook = SteeringHook(sae=self.sae, layer=self.sae.cfg.hook_layer,
+                                     refusal_features=self.refusal_features, gate=gate, top_n=self.top_n)
+
+    # ---- what it is
+
+    @property
+    def model_name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def sae_name(self) -> str | None:
+        return self.sae.name if self.sae is not None else None
+
+    @property
+    def gate(self) -> FeatureGate | None:
+        return self.hook.gate if self.hook is not None else None
+
+    def set_features(self, features: FeatureSet) -> None:
+        """Steer with another feature set (e.g. a freshly fitted gate), on the same model and SAE."""
+        self.features = features
+        self._build()
+
+    def with_features(self, features: list[int] | tuple[int, ...] | None = None,
+                      references: list[float] | None = None) -> "SteeredModel":
+        """A steered model on the same weights that clamps only `features`: a subset of this
+        one's refusal features (their m_f kept), or any features with the given `references`.
+        The harm gate and labels stay."""
+        if features is None:
+            return self
+        if references is None:
+            missing = [f for f in features if f not in self.refusal_features]
+            if missing:
+                raise EngineError(f"feature {missing[0]} is not one of the refusal features ({self.refusal_features})")
+            by_feature = {r.feature: r for r in self.features.refusal_features}
+            chosen = [by_feature[f] for f in features]
+        else:
+            chosen = [RefusalFeature(f, m) for f, m in zip(features, references)]
+        subset = FeatureSet(refusal_features=chosen, harm_gate=self.features.harm_gate, labels=self.features.labels,
+                            hook_layer=self.features.hook_layer, sae=self.features.sae)
+        return SteeredModel(self.loaded, self.sae, subset, self.levels, self.adapter_name, self.top_n)
+
+    # ---- settings → clamp
+
+    def is_conditional(self, settings: SafetySettings) -> bool:
+        """Whether `settings` clamp only where the harm gate opens (needs a gate to mean anything)."""
+        return settings.level.conditional and self.gate is not None
+
+    def clamp_targets(self, settings: SafetySettings) -> torch.Tensor | None:
+        """c_f = s · m_f for every refusal feature, or None when `settings` do not steer."""
+        if settings.strength <= 0 or not self.refusal_features:
+            return None
+        return self.reference * settings.strength
+
+    def clamp_request(self, settings: SafetySettings) -> ClampRequest:
+        """What the hook should do on a pass under `settings`."""
+        return ClampRequest(self.clamp_targets(settings), self.is_conditional(settings))
+
+    def control_for(self, settings: SafetySettings) -> Callable[[], ClampRequest]:
+        """A hook control that applies fixed `settings` on every pass."""
+        request = self.clamp_request(settings)
+        return lambda: request
+
+    @contextmanager
+    def steering(self, control: Callable[[], ClampRequest] | None, prompt_mask: torch.Tensor | None = None,
+                 record: bool = True) -> Iterator[SteeringHook | None]:
+        """The hook attached to the model for one run (None without an SAE); removed afterwards."""
+        if self.hook is None:
+            yield None
+            return
+        with self.hook.applied(self.loaded.model, control, prompt_mask, record) as hook:
+            yield hook
+
+    # ---- conversation → model input
+
+    def build_messages(self, history: History, user_text: str, settings: SafetySettings,
+                       system_prompt: str | None = None) -> tuple[Messages, str | None]:
+        """The message list (system prompt and the level's guidance, history, the new message)."""
+        guidance = guidance_text(settings.level.guidance)
+        system = "\n\n".join(s for s in (system_prompt, guidance) if s) or None
+        messages: Messages = [{"role": "system", "content": system}] if system else []
+        for u, a in history:
+            messages += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": user_text})
+        return messages, guidance
+
+    def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
+        """The chat template applied to `messages`. A template that rejects the system role
+        (it raises a TemplateError) gets the system text folded into the first user message."""
+        tok = self.loaded.tokenizer
+        try:
+            return tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        except TemplateError:
+            if not messages or messages[0]["role"] != "system" or len(messages) < 2:
+                raise
+            system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
+            rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
+            return tok.apply_chat_template(rest, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def prepare(self, history: History, user_text: str, settings: SafetySettings,
+                system_prompt: str | None = None) -> PreparedPrompt:
+        """Token ids of the rendered conversation and a mask of the new user message's tokens."""
+        messages, guidance = self.build_messages(history, user_text, settings, system_prompt)
+        rendered = self.render(messages)
+        enc = self.loaded.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+        device = self.loaded.device
+        ids = torch.tensor([enc["input_ids"]], device=device)
+        start = rendered.rfind(user_text)
+        end = start + len(user_text)
+        mask = torch.tensor([[start >= 0 and s < end and e > start for s, e in enc["offset_mapping"]]], device=device)
+        return PreparedPrompt(ids, mask, guidance)
+
+
+# ---------------------------------------------------------------- opening one
+
+
+def resolve_sae(spec: str | None, loaded: LoadedModel) -> Path | None:
+    """The SAE folder for `spec`: "auto" means the registry's shipped SAE, None/"none" means no SAE."""
+    if spec is None or spec.lower() == "none":
+        return None
+    if spec == "auto":
+        return loaded.entry.sae_path if loaded.entry else None
+    return Path(spec).expanduser()
+
+
+def features_path(sae_folder: Path, loaded: LoadedModel) -> Path | None:
+    """The features.json that goes with an SAE folder: inside it, beside it, or the registry's."""
+    for candidate in (sae_folder / "features.json", sae_folder.parent / "features.json"):
+        if candidate.is_file():
+            return candidate
+    if loaded.entry and loaded.entry.features_path and loaded.entry.sae_path == sae_folder:
+        return loaded.entry.features_path
+    return None
+
+
+def model_levels(loaded: LoadedModel) -> LevelScale:
+    """The model's calibrated levels from the registry, else the engine's defaults."""
+    if loaded.entry and loaded.entry.levels_path and loaded.entry.levels_path.is_file():
+        return LevelScale.load(loaded.entry.levels_path)
+    return LevelScale()
+
+
+def load_sae_for(loaded: LoadedModel, folder: Path, progress: ProgressCallback | None = None) -> SAE:
+    """Load the SAE in `folder` for this model, checking its width and hook layer."""
+    if progress:
+        progress(LoadProgress("sae", f"Loading SAE {folder.name}"))
+    sae = SAE.load(folder, device=loaded.device, expect_d_in=loaded.d_model)
+    if sae.cfg.hook_layer >= loaded.num_layers:
+        raise EngineError(f"{folder}: hook layer {sae.cfg.hook_layer} does not exist; {loaded.name} has "
+                          f"{loaded.num_layers} decoder layers")
+    return sae
+
+
+def open_steered(model: str = "phi-3-mini", *, sae: str | None = "auto", adapter: str | None = None,
+                 quant: str = "auto", device: str = "auto", dtype: str | None = None,
+                 progress: ProgressCallback | None = None) -> SteeredModel:
+    """Load a model with its adapter, SAE, features and calibrated levels."""
+    loaded = load_model(model, quant=quant, device=device, dtype=dtype, progress=progress)
+    adapter_name = None
+    if adapter:
+        loaded.model, adapter_name = attach_adapter(loaded.model, adapter)
+    sae_obj, features = None, None
+    folder = resolve_sae(sae, loaded)
+    if folder is not None:
+        sae_obj = load_sae_for(loaded, folder, progress)
+        path = features_path(folder, loaded)
+        features = FeatureSet.load(path) if path is not None else None
+    return SteeredModel(loaded, sae_obj, features or FeatureSet(), model_levels(loaded), adapter_name)
