@@ -28,16 +28,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from steerchat.engine.core.featureset import FeatureSet
     from steerchat.engine.runtime.loading import load_model
     from steerchat.engine.runtime.sae import SAE
-    from steerchat.engine.runtime.session import resolve_features, resolve_sae
+    from steerchat.engine.runtime.steered import features_path, load_sae_for, resolve_sae
     from steerchat.engine.runtime.steering import ClampRequest, SteeringHook
 
     lm = load_model(args.model)
     folder = resolve_sae(args.sae, lm)
     if folder is not None:
-        sae = SAE.load(folder, device=lm.device, expect_d_in=lm.d_model)
-        fs = resolve_features(folder, lm)
+        sae = load_sae_for(lm, folder)
+        path = features_path(folder, lm)
+        fs = FeatureSet.load(path) if path else None
         features = [r.feature for r in fs.refusal_features] if fs and fs.refusal_features else [0, 1, 2]
         what = f"shipped SAE {folder} ({sae.d_sae} latents, k={sae.cfg.k})"
     else:
@@ -62,7 +64,6 @@ def main() -> None:
             if hook is None:
                 lm.model.generate(ids, **kw)
             else:
-                hook.reset()
                 with hook.applied(lm.model):
                     lm.model.generate(ids, **kw)
         return args.tokens / (time.perf_counter() - t)

@@ -1,7 +1,7 @@
 """steerchat's engine: model loading, the SAE, the steering hook, chat turns and their traces.
 
 Everything that touches torch lives here, and nothing here imports Textual. Heavy
-modules are imported lazily so that `engine.trace`, `engine.levels` and `engine.api`
+modules are imported lazily so that `engine.core.trace`, `engine.core.levels` and `engine.core.api`
 stay cheap for the UI.
 """
 

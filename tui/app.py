@@ -35,7 +35,7 @@ def default_session_factory(model: str, **kwargs) -> ChatSession:
 
 
 class SteerChatApp(App[int]):
-    """The chat app. `session_factory` has `engine.session.open_session`'s signature."""
+    """The chat app. `session_factory` has `engine.runtime.session.open_session`'s signature."""
 
     TITLE = "steerchat"
     CSS_PATH = "app.tcss"

@@ -1,7 +1,7 @@
 """The engine's surface as the UI sees it: settings, progress, errors and the session protocol.
 
 Pure Python (no torch), so `tui` can type against it and tests can build a fake engine
-that behaves like `engine.session.Session`.
+that behaves like `engine.runtime.session.Session`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ TokenCallback = Callable[[str], None]
 
 
 class ChatSession(Protocol):
-    """What the UI calls. `engine.session.Session` implements it; tests fake it."""
+    """What the UI calls. `engine.runtime.session.Session` implements it; tests fake it."""
 
     model_name: str
     sae_name: str | None

@@ -28,7 +28,7 @@ LABELS_NAME = "labels.json"
 @dataclass
 class RefusalFeature:
     feature: int
-    reference_activation: float  # m_f: the clamp target at s = 1 (how it is found: engine.refusal_features)
+    reference_activation: float  # m_f: the clamp target at s = 1 (how it is found: engine.pipelines.refusal_features)
     score: float = 0.0
     label: str | None = None
 

@@ -38,7 +38,7 @@ class RefusalFeatureState:
     """One refusal feature: how active it was on its own, and where steering put it."""
 
     feature: int
-    reference_activation: float  # m_f: the clamp target at s = 1 (see engine.refusal_features)
+    reference_activation: float  # m_f: the clamp target at s = 1 (see engine.pipelines.refusal_features)
     natural_prompt_max: float  # the SAE's own reading on the prompt, before any clamp
     natural_reply_max: float
     natural_reply_mean: float

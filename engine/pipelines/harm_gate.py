@@ -1,6 +1,6 @@
 """Fitting the harm gate for conditional steering, from SAE features on the prompt.
 
-The gate (`engine.steering.FeatureGate`) scores a prompt at prefill as the max over the
+The gate (`engine.runtime.steering.FeatureGate`) scores a prompt at prefill as the max over the
 user-message tokens of Σ_f w_f · a_f and opens at a threshold. It is found the way the
 refusal features are, by contrast:
 

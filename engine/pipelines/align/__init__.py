@@ -9,5 +9,5 @@ the training half of the method, as a pipeline a user runs on their own chat mod
 
 `pipeline` runs them over one resumable work folder; `steerchat align` is its CLI, and
 `steerchat --adapter WORK/adapter` chats with the result. The inference half (guided
-generation) lives in `engine.levels`.
+generation) lives in `engine.core.levels`.
 """

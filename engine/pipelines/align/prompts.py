@@ -6,7 +6,7 @@ fine-tuning input:
 - the red-team hint, added to an instruction to induce a harmful answer (stage 1);
 - the analysis hint, which tells the model the answer *is* harmful, unethical or
   offensive and asks why (guided analysis, stage 2);
-- the guidance hint (`engine.levels.GUIDANCE_HINT`), the "correct, ethical and
+- the guidance hint (`engine.core.levels.GUIDANCE_HINT`), the "correct, ethical and
   inoffensive" system prompt used for the model's own good replies.
 
 The fine-tuning set uses the *unguided* analysis prompt instead: the same request and
