@@ -15,9 +15,7 @@ import tomli_w
 
 from steerchat.engine.core.api import SamplingSettings
 from steerchat.engine.core.paths import get_paths
-
-DEFAULT_MODEL = "phi-3-mini"
-STARTER_MODEL = "smollm2-135m"
+from steerchat.models import DEFAULT_MODEL
 
 
 @dataclass

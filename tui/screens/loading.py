@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, ProgressBar, Static
 
 from steerchat.engine.core.api import LoadProgress
-from steerchat.tui.config import STARTER_MODEL
+from steerchat.models import STARTER
 
 STAGES = {
     "download": "Downloading",
@@ -87,7 +87,7 @@ class LoadingScreen(Screen):
             yield Static("", id="detail")
             yield Static("", id="error")
             with Horizontal(id="actions"):
-                yield Button(f"Use the starter model ({STARTER_MODEL})", id="starter", variant="primary")
+                yield Button(f"Use the starter model ({STARTER})", id="starter", variant="primary")
                 yield Button("Quit", id="quit")
         yield Footer()
 
@@ -98,7 +98,7 @@ class LoadingScreen(Screen):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         # The starter key only means something once loading failed.
         if action == "starter":
-            return self.failed and self.model != STARTER_MODEL
+            return self.failed and self.model != STARTER
         return True
 
     def show_progress(self, step: LoadProgress) -> None:
@@ -127,12 +127,12 @@ class LoadingScreen(Screen):
         self.query_one("#stage", Static).update(Text(f"Could not open {self.model}."))
         self.query_one("#actions").display = True
         starter = self.query_one("#starter", Button)
-        starter.display = offer_starter and self.model != STARTER_MODEL
+        starter.display = offer_starter and self.model != STARTER
         (starter if starter.display else self.query_one("#quit", Button)).focus()
         self.refresh_bindings()
 
     def action_starter(self) -> None:
-        self.post_message(self.UseModel(STARTER_MODEL))
+        self.post_message(self.UseModel(STARTER))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "starter":
