@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from steerchat.engine.core.api import EngineError
+from steerchat.engine.core.config import CollectConfig
 from steerchat.engine.core.datasets import load_pairs, load_prompts
 from steerchat.engine.core.jsonl import read_jsonl
 from steerchat.engine.core.levels import GUIDANCE_HINT, SafetySettings
@@ -74,29 +75,6 @@ class Source:
         if not Path(path).is_file():
             raise EngineError(f"{path}: no such file (given as a {kind} source)")
         return cls(kind, str(Path(path).resolve()), start, end)
-
-
-@dataclass
-class CollectConfig:
-    model: str
-    hook_layer: int
-    sources: list[Source]
-    max_new_tokens: int = 48
-    gen_batch_size: int = 32
-    batch_size: int = 16
-    max_len: int = 256
-    shard_tokens: int = 16384
-    outlier_factor: float = 8.0
-    prefix_every: int = 16
-    guidance_every: int = 4  # every Nth chat document carries the guidance hint as its system prompt
-    seed: int = 0
-
-    def key(self) -> dict:
-        """The settings a resumed run must share with the first one."""
-        d = asdict(self)
-        d.pop("batch_size")
-        d.pop("gen_batch_size")
-        return d
 
 
 @dataclass

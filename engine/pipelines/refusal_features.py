@@ -34,6 +34,7 @@ import torch
 
 from tqdm.auto import tqdm
 
+from steerchat.engine.core.config import FindConfig
 from steerchat.engine.core.featureset import FeatureSet, RefusalFeature
 from steerchat.engine.core.jsonl import read_jsonl
 from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings
@@ -43,19 +44,6 @@ from steerchat.engine.runtime.layers import run_to_layer
 from steerchat.engine.runtime.steered import SteeredModel
 
 METHODS = ("direction", "contrast")
-
-
-@dataclass
-class FindConfig:
-    method: str = "direction"
-    sizes: tuple[int, ...] = (4, 8, 16, 24)  # direction: set sizes fitted and validated
-    candidates: int = 8  # contrast: features validated by steering
-    max_features: int = 4  # contrast: most features in the set
-    percentile: float = 90.0  # contrast: m_f is this percentile of refusal-token activations
-    probe_strength: float = 2.0  # s at which candidates (contrast) or sets (direction) are validated
-    max_new_tokens: int = 24
-    batch_size: int = 32
-    min_gain: float = 0.0  # a feature joins the set if the combination refuses at least this much more
 
 
 @dataclass

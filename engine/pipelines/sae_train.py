@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from steerchat.engine.core.api import EngineError
+from steerchat.engine.core.config import TrainConfig
 from steerchat.engine.pipelines.activations import DOCS, CollectConfig, Manifest, load_shard, render
 from steerchat.engine.runtime.layers import decoder_layer, layer_hidden, with_hidden
 from steerchat.engine.runtime.loading import load_model
@@ -50,28 +51,6 @@ _MEAN_INIT_BATCHES = 8
 _MEAN_INIT_MAX_TOKENS = 65_536
 # Tokens encoded at once when measuring an SAE on held-out shards.
 EVAL_CHUNK = 4096
-
-
-@dataclass
-class TrainConfig:
-    d_sae: int
-    k: int = 32
-    tokens: int = 3_000_000
-    batch_size: int = 1024
-    lr: float = 1e-3
-    warmup: int | None = None  # steps; default 5% of the run
-    decay_frac: float = 0.2
-    aux_k: int | None = None  # default d_in // 2
-    aux_coef: float = 1 / 32
-    dead_tokens: int = 200_000
-    holdout: float = 0.1
-    checkpoint_every: int = 500
-    seed: int = 0
-    shards_per_group: int = 8
-
-    @property
-    def steps(self) -> int:
-        return max(1, self.tokens // self.batch_size)
 
 
 def split_shards(n: int, holdout: float) -> tuple[list[int], list[int]]:

@@ -8,14 +8,17 @@ model analyse them, build a hint-free fine-tuning set and train a LoRA adapter o
     steerchat align run      (all four, resumable)
 
 Every stage reads and writes the same work folder (--work). Chat with the result:
-`steerchat --adapter WORK/adapter`. Parsing here is argparse only; the engine (and
-torch) is imported when a stage runs.
+`steerchat --adapter WORK/adapter`. Parsing here needs argparse and the engine's torch-free
+`Plan` and `FinetuneConfig` only (the flags' defaults and help come from them); the engine
+(and torch) is imported when a stage runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from steerchat.engine.core.config import FinetuneConfig, Plan
 
 STAGES = ("induce", "analyse", "dataset", "finetune", "run")
 
@@ -37,7 +40,8 @@ def register(sub) -> None:
         if name in ("induce", "run"):
             _induce_args(s)
         if name in ("analyse", "run"):
-            s.add_argument("--analysis-tokens", type=int, default=128, help="longest analysis in tokens (default 128)")
+            s.add_argument("--analysis-tokens", type=int, default=Plan.analysis_tokens,
+                           help=f"longest analysis in tokens (default {Plan.analysis_tokens})")
         if name in ("dataset", "run"):
             _dataset_args(s)
         if name in ("finetune", "run"):
@@ -50,25 +54,28 @@ def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("--quant", choices=("auto", "4bit", "8bit", "none"), default="auto",
                    help="base quantisation (auto: 4-bit NF4 on CUDA where the registry says so → QLoRA)")
     s.add_argument("--work", default=None, help="work folder (default ./steerchat-align/<model>)")
-    s.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
-    s.add_argument("--max-new-tokens", type=int, default=96, help="longest generated reply (default 96)")
-    s.add_argument("--seed", type=int, default=0, help="seed for choosing items and shuffling (decoding is greedy)")
+    s.add_argument("--batch-size", type=int, default=Plan.batch_size,
+                   help=f"prompts generated together (default {Plan.batch_size})")
+    s.add_argument("--max-new-tokens", type=int, default=Plan.max_new_tokens,
+                   help=f"longest generated reply (default {Plan.max_new_tokens})")
+    s.add_argument("--seed", type=int, default=Plan.seed, help="seed for choosing items and shuffling (decoding is greedy)")
     s.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (1 is often fastest on a busy machine)")
 
 
 def _induce_args(s) -> None:
     s.add_argument("--instructions", help="harmful instructions to induce mistakes from (JSON/JSONL/CSV/text)")
-    s.add_argument("--limit", type=int, default=None, help="use N instructions (a seeded sample)")
+    s.add_argument("--limit", type=int, default=Plan.limit, help="use N instructions (a seeded sample)")
     s.add_argument("--mistakes", action="append", default=[], metavar="JSONL",
                    help="mistakes collected elsewhere: JSONL of {instruction, reply}; repeatable")
-    s.add_argument("--history", nargs="?", const="default", default=None, metavar="DB",
+    s.add_argument("--history", nargs="?", const="default", default=Plan.history, metavar="DB",
                    help="also use replies flagged as bad in the chat history (default: steerchat's own)")
 
 
 def _dataset_args(s) -> None:
     s.add_argument("--harmless", help="ordinary instructions; the model's guided replies become good pairs")
-    s.add_argument("--ordinary-limit", type=int, default=300, help="use N ordinary instructions (default 300)")
+    s.add_argument("--ordinary-limit", type=int, default=Plan.ordinary_limit,
+                   help=f"use N ordinary instructions (default {Plan.ordinary_limit})")
     s.add_argument("--good", help="ordinary (instruction, reply) pairs from a JSONL file")
     s.add_argument("--no-answers", action="store_true",
                    help="leave out harmful instruction → guided refusal pairs")
@@ -79,17 +86,21 @@ def _finetune_args(s, standalone: bool) -> None:
         s.add_argument("--data", default=None, help="train.jsonl or its folder (default WORK/dataset)")
         s.add_argument("--out", default=None, help="adapter folder (default WORK/adapter)")
         s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    s.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    s.add_argument("--train-batch-size", type=int, default=4, help="rows per micro-batch (default 4)")
-    s.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
-    s.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
-    s.add_argument("--warmup", type=int, default=10, help="warm-up steps (default 10)")
-    s.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="decay after warm-up")
-    s.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
-    s.add_argument("--alpha", type=int, default=16, help="LoRA alpha (default 16)")
-    s.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
-    s.add_argument("--max-seq-len", type=int, default=256, help="longest training sequence in tokens (default 256)")
-    s.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
+    ft = FinetuneConfig
+    s.add_argument("--steps", type=int, default=ft.steps, help=f"optimizer steps (default {ft.steps})")
+    s.add_argument("--train-batch-size", type=int, default=ft.batch_size,
+                   help=f"rows per micro-batch (default {ft.batch_size})")
+    s.add_argument("--grad-accum", type=int, default=ft.grad_accum,
+                   help=f"micro-batches per optimizer step (default {ft.grad_accum})")
+    s.add_argument("--lr", type=float, default=ft.lr, help=f"peak learning rate (default {ft.lr:g})")
+    s.add_argument("--warmup", type=int, default=ft.warmup_steps, help=f"warm-up steps (default {ft.warmup_steps})")
+    s.add_argument("--schedule", choices=("linear", "cosine"), default=ft.schedule, help="decay after warm-up")
+    s.add_argument("--rank", type=int, default=ft.rank, help=f"LoRA rank (default {ft.rank})")
+    s.add_argument("--alpha", type=int, default=ft.alpha, help=f"LoRA alpha (default {ft.alpha})")
+    s.add_argument("--dropout", type=float, default=ft.dropout, help=f"LoRA dropout (default {ft.dropout:g})")
+    s.add_argument("--max-seq-len", type=int, default=ft.max_seq_len,
+                   help=f"longest training sequence in tokens (default {ft.max_seq_len})")
+    s.add_argument("--save-every", type=int, default=ft.save_every, help=f"checkpoint every N steps (default {ft.save_every})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,8 +137,7 @@ def _bar_factory():
 def _run(args) -> int:
     from pathlib import Path
 
-    from steerchat.engine.pipelines.align.finetune import FinetuneConfig
-    from steerchat.engine.pipelines.align.pipeline import Plan, Workspace, stage_analyse, stage_dataset, stage_finetune, stage_induce
+    from steerchat.engine.pipelines.align.pipeline import Workspace, stage_analyse, stage_dataset, stage_finetune, stage_induce
     from steerchat.engine.runtime.steered import open_steered
     from steerchat.tui.config import load_config
 
@@ -143,12 +153,13 @@ def _run(args) -> int:
         from steerchat.engine.core.paths import get_paths
 
         history = str(get_paths().history_db)
+    # a stage without a flag (e.g. `finetune` has no --limit) gets the Plan's default
     plan = Plan(
-        instructions=getattr(args, "instructions", None), limit=getattr(args, "limit", None),
-        mistake_files=getattr(args, "mistakes", []), history=history, harmless=getattr(args, "harmless", None),
-        ordinary_limit=getattr(args, "ordinary_limit", 300), good_file=getattr(args, "good", None),
-        answers=not getattr(args, "no_answers", False), max_new_tokens=args.max_new_tokens,
-        analysis_tokens=getattr(args, "analysis_tokens", 128), batch_size=args.batch_size, seed=args.seed,
+        instructions=getattr(args, "instructions", Plan.instructions), limit=getattr(args, "limit", Plan.limit),
+        mistake_files=getattr(args, "mistakes", []), history=history, harmless=getattr(args, "harmless", Plan.harmless),
+        ordinary_limit=getattr(args, "ordinary_limit", Plan.ordinary_limit), good_file=getattr(args, "good", Plan.good_file),
+        answers=not getattr(args, "no_answers", not Plan.answers), max_new_tokens=args.max_new_tokens,
+        analysis_tokens=getattr(args, "analysis_tokens", Plan.analysis_tokens), batch_size=args.batch_size, seed=args.seed,
     )
     if stage in ("induce", "run") and not (plan.instructions or plan.mistake_files or plan.history):
         print("steerchat align: give --instructions, --mistakes or --history", file=sys.stderr)

@@ -1,8 +1,8 @@
 """`steerchat eval`: measure the refusal/capability trade-off of steering, calibrate the
 safety levels from it, fit the harm gate for conditional steering, and check the judge.
 
-Argparse only at import time, so `--help` is instant; the engine (and torch) is imported
-inside `run`.
+Argparse and the engine's torch-free `SweepConfig` (the sweep's defaults) only at import
+time, so `--help` is instant; the engine (and torch) is imported inside `run`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_LIMITS = {"unsafe": 32, "safe": 32, "mc": 40, "math": 12, "escalation": 8}
-DEFAULT_STRENGTHS = "0,1,2,3"
+from steerchat.engine.core.config import SweepConfig
+
+SWEEP = SweepConfig()  # an instance: the limits are a default_factory field
+DEFAULT_LIMITS = SWEEP.limits
+DEFAULT_STRENGTHS = ",".join(f"{s:g}" for s in SWEEP.strengths)
 
 
 def _limits(text: str) -> dict[str, int]:
@@ -73,9 +76,11 @@ def register(sub) -> None:
     r = p.add_argument_group("running")
     r.add_argument("--out", default=None, help="output folder (default ./steerchat-eval/<model>)")
     r.add_argument("--restart", action="store_true", help="discard earlier results in --out instead of resuming")
-    r.add_argument("--max-new-tokens", type=int, default=48, help="reply length for refusal and escalation sets")
-    r.add_argument("--math-tokens", type=int, default=128, help="reply length for maths problems")
-    r.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
+    # ArgumentDefaultsHelpFormatter appends each default to its help
+    r.add_argument("--max-new-tokens", type=int, default=SWEEP.max_new_tokens,
+                   help="reply length for refusal and escalation sets")
+    r.add_argument("--math-tokens", type=int, default=SWEEP.math_tokens, help="reply length for maths problems")
+    r.add_argument("--batch-size", type=int, default=SWEEP.batch_size, help="prompts generated together")
     r.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (1 is often fastest on a busy machine)")
     r.add_argument("--seed", type=int, default=0, help="seed for choosing items (decoding is greedy)")

@@ -1,5 +1,6 @@
 """`steerchat features find-refusal | label | sweep`: refusal features for an SAE, their labels,
-and refusal rates under steering. Only argparse at import time; the engine loads when a command runs."""
+and refusal rates under steering. Only argparse and the engine's torch-free `FindConfig` (the
+source of find-refusal's defaults and help) at import time; the engine loads when a command runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 import json
 import sys
 import time
+
+from steerchat.engine.core.config import FindConfig
 
 
 def register(sub) -> None:
@@ -29,20 +32,25 @@ def register(sub) -> None:
     f.add_argument("--val-harmless", required=True, help="held-out harmless prompts for validation")
     f.add_argument("--replies", help="JSONL of the model's own replies (prompt, reply), e.g. a collection's "
                    "generated.jsonl; missing ones are generated")
-    f.add_argument("--method", choices=("direction", "contrast"), default="direction",
-                   help="how features are found (direction)")
-    f.add_argument("--sizes", default="4,8,16,24",
-                   help="direction: comma-separated set sizes to fit and validate (4,8,16,24)")
-    f.add_argument("--candidates", type=int, default=8, help="contrast: features validated by steering (8)")
-    f.add_argument("--max-features", type=int, default=4, help="contrast: most features in the set (4)")
-    f.add_argument("--percentile", type=float, default=90.0,
-                   help="contrast: percentile of refusal activations for m_f (90)")
-    f.add_argument("--probe-strength", type=float, default=2.0, help="s at which candidates (contrast) or sets (direction) are validated (2)")
-    f.add_argument("--max-new-tokens", type=int, default=24, help="reply length in validation (24)")
-    f.add_argument("--batch-size", type=int, default=32)
-    f.add_argument("--min-gain", type=float, default=0.0,
+    f.add_argument("--method", choices=("direction", "contrast"), default=FindConfig.method,
+                   help=f"how features are found ({FindConfig.method})")
+    sizes = ",".join(str(n) for n in FindConfig.sizes)
+    f.add_argument("--sizes", default=sizes,
+                   help=f"direction: comma-separated set sizes to fit and validate ({sizes})")
+    f.add_argument("--candidates", type=int, default=FindConfig.candidates,
+                   help=f"contrast: features validated by steering ({FindConfig.candidates})")
+    f.add_argument("--max-features", type=int, default=FindConfig.max_features,
+                   help=f"contrast: most features in the set ({FindConfig.max_features})")
+    f.add_argument("--percentile", type=float, default=FindConfig.percentile,
+                   help=f"contrast: percentile of refusal activations for m_f ({FindConfig.percentile:g})")
+    f.add_argument("--probe-strength", type=float, default=FindConfig.probe_strength,
+                   help=f"s at which candidates (contrast) or sets (direction) are validated ({FindConfig.probe_strength:g})")
+    f.add_argument("--max-new-tokens", type=int, default=FindConfig.max_new_tokens,
+                   help=f"reply length in validation ({FindConfig.max_new_tokens})")
+    f.add_argument("--batch-size", type=int, default=FindConfig.batch_size)
+    f.add_argument("--min-gain", type=float, default=FindConfig.min_gain,
                    help="contrast: a feature joins the set when the combination's harmful refusal rises by at least "
-                   "this (0)")
+                   f"this ({FindConfig.min_gain:g})")
     f.add_argument("--reuse", help="contrast: features.json of an earlier run: reuse its ranked and validated candidates, "
                    "redo only the combination")
     f.add_argument("--out", help="folder for features.json (default: the SAE folder's parent if it is called 'sae', "
@@ -114,7 +122,7 @@ def _steered(args):
 
 def run_find(args: argparse.Namespace) -> int:
     from steerchat.engine.core.api import EngineError
-    from steerchat.engine.pipelines.refusal_features import FindConfig, find_refusal_features, load_replies, write_features
+    from steerchat.engine.pipelines.refusal_features import find_refusal_features, load_replies, write_features
 
     try:
         if args.method == "contrast" and not args.harmless:

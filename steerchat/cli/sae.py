@@ -1,6 +1,8 @@
 """`steerchat sae collect` and `steerchat sae train`: the SAE pipeline from activations to a trained SAE.
 
-Only argparse at import time; the engine (and torch) is imported when a command runs.
+Only argparse and the engine's torch-free config dataclasses at import time: the flags'
+defaults and help come from `CollectConfig` and `TrainConfig`, and the engine (and torch)
+is imported when a command runs.
 """
 
 from __future__ import annotations
@@ -9,12 +11,18 @@ import argparse
 import sys
 import time
 
+from steerchat.engine.core.config import CollectConfig, TrainConfig
+
 # The paper's configuration for Phi-3 Mini (O'Brien et al. 2024): layer 6, 8 x 3072 latents, k=32.
 # Estimates, not measured here (no GPU was available when this was written): the SAE with Adam
 # state and a 4096-token batch needs about 4-5 GB of GPU memory, the 4-bit model about 2.5 GB;
 # activations take 6 KB a token on disk (fp16), so 5M stored tokens are about 31 GB. On one
 # H100, generating replies dominates collection (tens of minutes for ~20k instructions at
 # 128 new tokens); 30M training tokens are about 7,300 steps, roughly 10-20 minutes.
+# --d-sae without a preset: latents per model dimension (TrainConfig.d_sae has no default,
+# as it depends on the model's width)
+D_SAE_PER_D_IN = 8
+
 PRESETS = {
     "paper-phi3": dict(model="phi-3-mini", layer=6, d_sae=24576, k=32, batch_size=4096, tokens=30_000_000,
                        lr=2e-4, device="cuda", collect_batch_size=64, gen_batch_size=64, shard_tokens=131072),
@@ -31,10 +39,15 @@ def _add_sources(p: argparse.ArgumentParser) -> None:
                    help="harmful prompts answered with teacher-forced refusal replies")
     g.add_argument("--prompts", action="append", default=[], metavar="FILE", help="prompts alone, no reply")
     g.add_argument("--texts", action="append", default=[], metavar="FILE", help="plain text files (paragraphs)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="reply length when the model answers (48)")
-    p.add_argument("--gen-batch-size", type=int, default=None, help="prompts per generation batch (32)")
-    p.add_argument("--collect-batch-size", type=int, default=None, help="documents per forward pass (16)")
-    p.add_argument("--shard-tokens", type=int, default=None, help="activations per shard file (16384)")
+    p.add_argument("--max-new-tokens", type=int, default=CollectConfig.max_new_tokens,
+                   help=f"reply length when the model answers ({CollectConfig.max_new_tokens})")
+    # None: the preset's value, else the engine's (see _collect_config)
+    p.add_argument("--gen-batch-size", type=int, default=None,
+                   help=f"prompts per generation batch ({CollectConfig.gen_batch_size})")
+    p.add_argument("--collect-batch-size", type=int, default=None,
+                   help=f"documents per forward pass ({CollectConfig.batch_size})")
+    p.add_argument("--shard-tokens", type=int, default=None,
+                   help=f"activations per shard file ({CollectConfig.shard_tokens})")
 
 
 def register(sub) -> None:
@@ -61,20 +74,25 @@ def register(sub) -> None:
                    "(about 5 GB of GPU memory for the SAE, 2.5 GB for the 4-bit model; ~31 GB of disk per 5M stored tokens)")
     t.add_argument("--model", "-m", default=None, help="model, for the next-token-loss check (default smollm2-135m)")
     t.add_argument("--layer", type=int, default=None)
-    t.add_argument("--d-sae", type=int, default=None, help="number of latents (default 8 x d_in)")
-    t.add_argument("--k", type=int, default=None, help="active latents per token (default 32)")
-    t.add_argument("--tokens", type=int, default=None, help="training tokens (default 3,000,000)")
-    t.add_argument("--batch-size", type=int, default=None, help="tokens per step (default 1024)")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
-    t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5%% of steps)")
-    t.add_argument("--aux-k", type=int, default=None, help="latents in the aux-k loss (default d_in/2)")
-    t.add_argument("--aux-coef", type=float, default=1 / 32, help="weight of the aux-k loss (1/32)")
-    t.add_argument("--dead-tokens", type=int, default=None, help="a latent idle this many tokens is dead (default 200,000)")
-    t.add_argument("--holdout", type=float, default=0.1, help="fraction of shards held out for evaluation (0.1)")
-    t.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (500)")
+    # None on the size and schedule flags: the preset's value, else the engine's (see run_train)
+    t.add_argument("--d-sae", type=int, default=None, help=f"number of latents (default {D_SAE_PER_D_IN} x d_in)")
+    t.add_argument("--k", type=int, default=None, help=f"active latents per token (default {TrainConfig.k})")
+    t.add_argument("--tokens", type=int, default=None, help=f"training tokens (default {TrainConfig.tokens:,})")
+    t.add_argument("--batch-size", type=int, default=None, help=f"tokens per step (default {TrainConfig.batch_size})")
+    t.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {TrainConfig.lr:g})")
+    t.add_argument("--warmup", type=int, default=TrainConfig.warmup, help="warm-up steps (default 5%% of steps)")
+    t.add_argument("--aux-k", type=int, default=TrainConfig.aux_k, help="latents in the aux-k loss (default d_in/2)")
+    t.add_argument("--aux-coef", type=float, default=TrainConfig.aux_coef,
+                   help=f"weight of the aux-k loss ({TrainConfig.aux_coef:g})")
+    t.add_argument("--dead-tokens", type=int, default=None,
+                   help=f"a latent idle this many tokens is dead (default {TrainConfig.dead_tokens:,})")
+    t.add_argument("--holdout", type=float, default=TrainConfig.holdout,
+                   help=f"fraction of shards held out for evaluation ({TrainConfig.holdout:g})")
+    t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
+                   help=f"steps between checkpoints ({TrainConfig.checkpoint_every})")
     t.add_argument("--eval-docs", type=int, default=64, help="held-out documents for the next-token-loss check (0: skip)")
     t.add_argument("--device", default=None, help="auto, cpu or cuda")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=TrainConfig.seed)
     t.add_argument("--save-dtype", choices=("float16", "float32"), default="float16")
     _add_sources(t)
     t.set_defaults(run=run_train)
@@ -89,8 +107,8 @@ def _sources(args) -> list:
     return out
 
 
-def _collect_config(args, model: str, layer: int | None, preset: dict):
-    from steerchat.engine.pipelines.activations import CollectConfig
+def _collect_config(args, model: str, layer: int | None, preset: dict) -> CollectConfig:
+    """The collection settings: flags first, then the preset's, then the engine's defaults."""
     from steerchat.models import get_entry
 
     if layer is None:
@@ -99,9 +117,10 @@ def _collect_config(args, model: str, layer: int | None, preset: dict):
             raise SystemExit(f"steerchat: {model} is not in the registry; give --layer")
         layer = entry.hook_layer
     kw = dict(max_new_tokens=args.max_new_tokens)
-    for name, default in (("gen_batch_size", 32), ("collect_batch_size", 16), ("shard_tokens", 16384)):
-        value = getattr(args, name) or preset.get(name, default)
-        kw["batch_size" if name == "collect_batch_size" else name] = value
+    # flag (and preset key) → CollectConfig field; the flag says which batch it sizes
+    for name, field in (("gen_batch_size", "gen_batch_size"), ("collect_batch_size", "batch_size"),
+                        ("shard_tokens", "shard_tokens")):
+        kw[field] = getattr(args, name) or preset.get(name, getattr(CollectConfig, field))
     return CollectConfig(model=model, hook_layer=layer, sources=_sources(args), **kw)
 
 
@@ -132,7 +151,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from steerchat.engine.core.api import EngineError
     from steerchat.engine.pipelines.activations import MANIFEST, Manifest, collect
-    from steerchat.engine.pipelines.sae_train import TrainConfig, train
+    from steerchat.engine.pipelines.sae_train import train
     from steerchat.cli.features import command_line
 
     preset = PRESETS.get(args.preset, {}) if args.preset else {}
@@ -153,11 +172,12 @@ def run_train(args: argparse.Namespace) -> int:
             manifest = collect(cfg, act, device=device)
         d_in = manifest.d_in
         tc = TrainConfig(
-            d_sae=args.d_sae or preset.get("d_sae", 8 * d_in), k=args.k or preset.get("k", 32),
-            tokens=args.tokens or preset.get("tokens", 3_000_000), batch_size=args.batch_size or preset.get("batch_size", 1024),
-            lr=args.lr or preset.get("lr", 1e-3), warmup=args.warmup, aux_k=args.aux_k, aux_coef=args.aux_coef,
-            dead_tokens=args.dead_tokens or 200_000, holdout=args.holdout, checkpoint_every=args.checkpoint_every,
-            seed=args.seed,
+            d_sae=args.d_sae or preset.get("d_sae", D_SAE_PER_D_IN * d_in), k=args.k or preset.get("k", TrainConfig.k),
+            tokens=args.tokens or preset.get("tokens", TrainConfig.tokens),
+            batch_size=args.batch_size or preset.get("batch_size", TrainConfig.batch_size),
+            lr=args.lr or preset.get("lr", TrainConfig.lr), warmup=args.warmup, aux_k=args.aux_k, aux_coef=args.aux_coef,
+            dead_tokens=args.dead_tokens or TrainConfig.dead_tokens, holdout=args.holdout,
+            checkpoint_every=args.checkpoint_every, seed=args.seed,
         )
         report = train(tc, act, args.out, device=device, model=model if args.eval_docs else None,
                        eval_docs=args.eval_docs, save_dtype=args.save_dtype, command=command_line(args, "sae", "train"))

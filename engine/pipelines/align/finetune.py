@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from steerchat.engine.core.config import FinetuneConfig
 from steerchat.engine.pipelines.align.records import AlignError, TrainingRow
 from steerchat.engine.runtime.batch import pad_batch, pad_id
 
@@ -32,24 +33,6 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", 
                "gate_up_proj", "dense", "fc1", "fc2", "c_attn", "c_proj", "c_fc")
 
 StepCallback = Callable[[int, float, float], None]  # (step, loss, learning rate)
-
-
-@dataclass
-class FinetuneConfig:
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] | None = None  # None: every attention/MLP projection found
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    schedule: str = "linear"  # or "cosine"
-    steps: int = 200  # optimizer steps
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_seq_len: int = 256
-    save_every: int = 50
-    seed: int = 0
 
 
 @dataclass
@@ -209,7 +192,7 @@ def finetune(loaded, rows: list[TrainingRow], out_dir: Path, cfg: FinetuneConfig
              stop_after: int | None = None) -> FinetuneResult:
     """Train LoRA adapters on `rows` and save them (with a manifest) in `out_dir`.
 
-    `loaded` is an `engine.loading.LoadedModel`; its model is wrapped in place. With
+    `loaded` is an `engine.runtime.loading.LoadedModel`; its model is wrapped in place. With
     `resume`, training continues from the latest checkpoint in `out_dir`. `stop_after`
     ends the run after that many steps (as an interruption would) without saving the
     final adapter.

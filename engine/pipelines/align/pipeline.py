@@ -18,7 +18,6 @@ its latest checkpoint (or is skipped when the adapter is finished).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,29 +27,12 @@ from steerchat.engine.pipelines.align.dataset import TRAIN_NAME, build_dataset, 
 from steerchat.engine.pipelines.align.finetune import MANIFEST_NAME as ADAPTER_MANIFEST
 from steerchat.engine.pipelines.align.finetune import FinetuneConfig, FinetuneResult, finetune, latest_checkpoint
 from steerchat.engine.pipelines.align.induce import induce_mistakes, load_mistakes, mistakes_from_history
+from steerchat.engine.core.config import Plan
 from steerchat.engine.core.jsonl import read_jsonl, write_jsonl
 from steerchat.engine.pipelines.align.records import AlignError, Analysis, Mistake
 
 # (stage name, total items) → a progress callback taking how many items just finished
 BarFactory = Callable[[str, int], Callable[[int], None]]
-
-
-@dataclass
-class Plan:
-    """What a pipeline run uses; every field has a CLI flag."""
-
-    instructions: str | None = None  # harmful instructions to induce mistakes from
-    limit: int | None = None  # first N instructions (after a seeded shuffle)
-    mistake_files: list[str] = field(default_factory=list)  # JSONL (instruction, bad reply)
-    history: str | None = None  # chat history database whose flagged replies are mistakes
-    harmless: str | None = None  # ordinary instructions for guided good replies
-    ordinary_limit: int | None = 300
-    good_file: str | None = None  # ordinary (instruction, good reply) pairs
-    answers: bool = True  # also harmful instruction → guided refusal rows
-    max_new_tokens: int = 96
-    analysis_tokens: int = 128
-    batch_size: int = 8
-    seed: int = 0
 
 
 def _instructions(path: str, limit: int | None, seed: int) -> list[str]:
