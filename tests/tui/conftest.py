@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fake_engine import FakeEngine  # noqa: E402
-
-from steerchat.tui.app import SteerChatApp  # noqa: E402
-from steerchat.tui.config import Config  # noqa: E402
-from steerchat.store import Store  # noqa: E402
+from steerchat.tui.app import SteerChatApp
+from steerchat.tui.config import Config
+from steerchat.store import Store
+from tests.tui.fake_engine import FakeEngine
 
 SIZE = (140, 40)
 

@@ -1,11 +1,10 @@
 """Item 2: streaming, keys, cancel, regenerate, copy, clear, palette, literal text."""
 
-from conftest import SIZE, finished, ready, screen_lines, screen_text, send, wait_for
-from fake_engine import COMPLY_TEXT
-
 from textual.widgets import Markdown
 
 from steerchat.tui.widgets.chat import AssistantMessage, UserMessage
+from tests.tui.conftest import SIZE, finished, ready, screen_lines, screen_text, send, wait_for
+from tests.tui.fake_engine import COMPLY_TEXT
 
 
 def _visible_text(widget) -> str:
@@ -239,3 +238,15 @@ async def test_links_in_replies_are_copied_never_opened(make_app, engine, monkey
         markdown.post_message(Markdown.LinkClicked(markdown, "file:///etc/passwd"))
         await pilot.pause(0.1)
         assert opened == [] and app.clipboard == "file:///etc/passwd"
+
+
+async def test_status_line_shows_an_active_adapter(make_app, engine):
+    app = make_app(adapter="/work/runs/align-1/adapter")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert engine.opened[0]["adapter"] == "/work/runs/align-1/adapter"
+        assert "adapter adapter" in screen_text(app, app.chat_screen.query_one("#status"))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert "adapter" not in screen_text(app, app.chat_screen.query_one("#status"))

@@ -1,11 +1,11 @@
 import json
 
-from fake_engine import FakeSession
 
 from steerchat.engine.core.levels import LevelScale, SafetySettings
 from steerchat.engine.core.trace import TurnTrace
 from steerchat.tui.export import chat_to_markdown, export_chat
 from steerchat.store import Store
+from tests.tui.fake_engine import FakeSession
 
 
 def _saved_chat(tmp_path):

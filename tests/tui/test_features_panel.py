@@ -1,11 +1,10 @@
 """Item 4: the features panel of the selected turn."""
 
-from conftest import SIZE, ready, screen_lines, screen_text, send
-
 from steerchat.tui.widgets.chat import AssistantMessage
 from rich.style import Style
 
 from steerchat.tui.widgets.features_panel import FeaturesPanel, bar, heat_map
+from tests.tui.conftest import SIZE, ready, screen_lines, screen_text, send
 
 
 def hot_tokens(panel) -> list[str]:

@@ -5,13 +5,13 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from conftest import ready, send, wait_for
 
 from steerchat.engine.core.api import LoadProgress
 from steerchat.tui.screens import chats as chats_module
 from steerchat.tui.screens.chats import ChatListScreen
 from steerchat.tui.screens.loading import LoadingScreen
 from steerchat.tui.screens.why_refused import WhyRefusedScreen
+from tests.tui.conftest import ready, send, wait_for
 
 SIZE = (140, 40)
 

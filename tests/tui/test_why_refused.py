@@ -1,11 +1,10 @@
 """Item 5: the why-refused view and the side-by-side rerun with steering off."""
 
-from conftest import SIZE, ready, screen_text, send, wait_for
-from fake_engine import FakeSession
-
 from steerchat.engine.core.levels import LevelScale, SafetySettings
 from steerchat.tui.screens.why_refused import WhyRefusedScreen, steering_text
 from steerchat.tui.widgets.chat import AssistantMessage
+from tests.tui.conftest import SIZE, ready, screen_text, send, wait_for
+from tests.tui.fake_engine import FakeSession
 
 
 async def test_why_view_explains_a_steered_refusal(make_app, engine):

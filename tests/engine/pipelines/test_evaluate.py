@@ -1,5 +1,5 @@
 """The sweep: metric arithmetic on hand-made records, the conditional-steering goal,
-calibration, input formats, and resuming a sweep without redoing finished items."""
+input formats, and resuming a sweep without redoing finished items."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import json
 import pytest
 
 from steerchat.engine.core.api import EngineError
-from steerchat.engine.pipelines.calibrate import choose_levels, write_levels
 from steerchat.engine.core.datasets import JudgeExample
-from steerchat.engine.pipelines.evaluate import (EvalSet, ResultsFile, SweepSetting, conditional_goal, format_table, item_ids,
-                             judge_check, judge_metrics, load_sets, run_sweep, subsample, summarise,
-                             sweep_settings)
-from steerchat.engine.core.levels import LevelScale, SafetySettings
+from steerchat.engine.pipelines.evaluate import (EvalSet, ResultsFile, SweepSetting, conditional_goal, format_table,
+                                                 item_ids, judge_check, judge_metrics, load_sets, run_sweep,
+                                                 subsample, summarise, sweep_settings)
+
 
 BASE = SweepSetting("baseline")
 UNC = SweepSetting("s=2 uncond", 2.0, False)
@@ -77,22 +76,6 @@ def test_judge_metrics_arithmetic():
     assert judge_check(ex, lambda pairs: [True] * len(pairs))["precision"] == 0.5
 
 
-def test_calibration_picks_cheapest_setting_per_gain_target(tmp_path):
-    s1u, s1c, s3u, s3c = (SweepSetting("a", 1.0), SweepSetting("b", 1.0, True), SweepSetting("c", 3.0),
-                          SweepSetting("d", 3.0, True))
-    rows = [_row(BASE, 0.1, 0.1, 0.6), _row(s1u, 0.4, 0.3, 0.55), _row(s1c, 0.4, 0.12, 0.6),
-            _row(UNC, 0.7, 0.6, 0.4), _row(CON, 0.65, 0.2, 0.58), _row(s3u, 0.9, 0.9, 0.2), _row(s3c, 0.85, 0.3, 0.5)]
-    for r in rows:
-        r["guidance"] = "none"
-    scale = choose_levels(rows)
-    got = {lv.name: (lv.strength, lv.conditional) for lv in scale.levels}
-    # max gain 0.8; Low needs 0.27 → s=1 cond (cheapest), Medium 0.53 → s=2 cond, High 0.72 → s=3 cond
-    assert got == {"Off": (0.0, False), "Guided": (0.0, False), "Low": (1.0, True), "Medium": (2.0, True),
-                   "High": (3.0, True), "Max": (3.0, False)}
-    path = write_levels(scale, tmp_path / "levels.json", {"summary": [], "meta": {}, "goal": None})
-    assert LevelScale.load(path).names == ["Off", "Guided", "Low", "Medium", "High", "Max"]
-
-
 def test_settings_keys_ids_and_subsample():
     st = sweep_settings([0, 1, 2], "both", ["none", "hint"])
     assert [s.name for s in st][:5] == ["baseline", "s=1 uncond", "s=1 cond", "s=2 uncond", "s=2 cond"]
@@ -102,7 +85,11 @@ def test_settings_keys_ids_and_subsample():
     s = EvalSet("unsafe", "unsafe", list(range(10)))
     a, b = subsample(s, 4, seed=3), subsample(s, 4, seed=3)
     assert a.items == b.items and len(a.items) == 4 and a.items == sorted(a.items)
-    assert subsample(s, 4, seed=4).items != a.items or True  # another seed may pick another subset
+    # another seed draws its own subset: each one is 4 of the set's items in file order, and not every
+    # seed picks the same 4 (any single seed may; C(10, 4) = 210 subsets)
+    others = [subsample(s, 4, seed=k).items for k in range(4, 12)]
+    assert all(len(o) == 4 and o == sorted(o) and set(o) <= set(s.items) for o in others)
+    assert any(o != a.items for o in others)
 
 
 def test_input_files_parse_and_bad_rows_name_their_line(tmp_path):
@@ -211,48 +198,3 @@ def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
     assert len(mine) == 6 and all(r["reused_baseline"] and r["gate_open"] is False for r in mine)
     assert all(r.get("reply", r.get("scores")) == (base[(r["set"], r["id"])].get("reply", base[(r["set"], r["id"])].get("scores")))
                for r in mine)
-
-
-def test_escalation_feeds_each_script_its_own_history(tiny_model_dir, monkeypatch):
-    from steerchat.engine.core.datasets import Escalation
-    from steerchat.engine.pipelines.escalation import compliance_rate, run_escalations
-    from steerchat.engine.runtime.loading import load_model
-    from steerchat.engine.runtime.steered import SteeredModel
-
-    session = SteeredModel(load_model(str(tiny_model_dir), device="cpu"))
-    seen: list[tuple[list, str]] = []
-    real = session.prepare
-    monkeypatch.setattr(session, "prepare", lambda h, p, s: (seen.append((list(h), p)), real(h, p, s))[1])
-    scripts = [Escalation("a", "goal a", None, ("a1", "a2", "a3")), Escalation("b", "goal b", None, ("b1",))]
-    res = run_escalations(session, scripts, SafetySettings(), max_new_tokens=2, batch_size=4)
-    assert [len(r.turns) for r in res] == [3, 1]
-    by_prompt = dict((p, h) for h, p in seen)
-    assert by_prompt["b1"] == [] and by_prompt["a1"] == []
-    assert by_prompt["a3"] == [("a1", res[0].turns[0].reply), ("a2", res[0].turns[1].reply)]
-    res[0].turns[-1].refused, res[1].turns[-1].refused = True, False
-    assert [r.complied for r in res] == [False, True] and compliance_rate(res) == 0.5
-    assert res[0].to_dict()["script"] == "a"
-
-
-def test_plot_writes_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
-    from steerchat.engine.pipelines.plot import plot_sweep
-
-    rows = [_row(BASE, 0.1, 0.0, 0.5), _row(UNC, 0.8, 0.5, 0.3), _row(CON, 0.7, 0.1, 0.5)]
-    for r in rows:
-        r["escalation_compliance"] = 0.5
-    path = plot_sweep(rows, tmp_path / "sweep.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
-
-
-def test_limit_flag_takes_one_number_or_one_per_kind():
-    import argparse
-
-    from steerchat.cli.eval import DEFAULT_LIMITS, _limits
-
-    assert _limits("7") == {k: 7 for k in DEFAULT_LIMITS}
-    assert _limits("unsafe=0, safe=100") == {"unsafe": 0, "safe": 100}
-    assert _limits("5,mc=2") == {**{k: 5 for k in DEFAULT_LIMITS}, "mc": 2}
-    for bad in ("lots", "unsafe=many", "harmful=3"):
-        with pytest.raises(argparse.ArgumentTypeError, match="KIND=N"):
-            _limits(bad)

@@ -1,13 +1,12 @@
-"""Item 6: chats saved as they happen, crash recovery, list/open/rename/delete, export."""
+"""Chats saved as they happen, crash recovery, the chat list (open/rename/delete), export."""
 
 import json
-
-from conftest import SIZE, ready, screen_text, send, wait_for
-from fake_engine import COMPLY_TEXT
 
 from steerchat.tui.screens.chats import ChatListScreen
 from steerchat.store import Store
 from steerchat.tui.widgets.chat import AssistantMessage
+from tests.tui.conftest import SIZE, ready, screen_text, send, wait_for
+from tests.tui.fake_engine import COMPLY_TEXT
 
 
 async def test_interrupted_reply_comes_back_marked(make_app, home):
@@ -94,48 +93,6 @@ async def test_export_markdown_and_json(make_app, home):
     assert "## Assistant (level: Medium)" in md and "#4021 weapons and explosives (9.5)" in md
     data = json.loads(files[0].read_text())
     assert data["messages"][1]["trace"]["refusal_features"][0]["target"] == 16.0
-
-
-async def test_settings_persist(make_app, home):
-    from steerchat.tui.config import load_config
-
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        app.theme = "nord"  # a theme picked in the palette is saved at once
-        assert load_config(home / "config" / "config.toml")[0].theme == "nord"
-        await pilot.press("ctrl+s", "right", "right")
-        app.save_settings()
-    config, warning = load_config(home / "config" / "config.toml")
-    assert warning is None and config.level == "Low" and config.theme == "nord"
-
-
-async def test_settings_form_saves_and_applies(make_app, home, engine):
-    from textual.widgets import Input, TextArea
-
-    from steerchat.tui.config import load_config
-    from steerchat.tui.screens.settings import SettingsScreen
-
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        await pilot.press("f5")
-        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), what="settings")
-        form = app.screen
-        form.query_one("#system", TextArea).load_text("Answer in French.")
-        form.query_one("#temperature", Input).value = "0.7"
-        form.query_one("#top_p", Input).value = "1.5"
-        await pilot.press("ctrl+s")
-        assert "Top-p must be above 0" in screen_text(app, form.query_one("#error"))
-        form.query_one("#top_p", Input).value = "0.9"
-        form.query_one("#level").value = "High"
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: app.screen is app.chat_screen, what="form closed")
-        session = engine.sessions[0]
-        assert session.system_prompt == "Answer in French." and session.sampling.temperature == 0.7
-    config, warning = load_config(home / "config" / "config.toml")
-    assert warning is None
-    assert (config.system, config.level, config.sampling.top_p) == ("Answer in French.", "High", 0.9)
 
 
 async def test_quitting_mid_reply_saves_the_partial_as_stopped(make_app, engine):

@@ -1,38 +1,21 @@
-"""Item 1: start, loading progress, offline fallback to the starter model, flags, startup time."""
+"""The app: config flags reaching the engine, startup time, config warnings, no torch at import, and
+the app on the real engine and the starter model (slow: loads SmolLM2-135M on the CPU)."""
 
 import subprocess
 import sys
-import threading
 import time
 
-from conftest import SIZE, ready, screen_text, wait_for
-from fake_engine import FakeEngine
+import pytest
 
-from steerchat.engine.core.api import LoadProgress
+from steerchat.engine.core.api import SamplingSettings
+from steerchat.engine.core.trace import TurnTrace
 from steerchat.tui import app as app_module
 from steerchat.tui.app import SteerChatApp
+from steerchat.tui.config import Config
 from steerchat.tui.screens.loading import LoadingScreen
-
-
-async def test_loading_screen_shows_progress_then_chat(make_app, engine):
-    gate = threading.Event()
-    real = engine.open_session
-
-    def slow_open(model, **kw):
-        kw["progress"](LoadProgress("download", "model.safetensors", 60 * 2**20, 100 * 2**20))
-        gate.wait(5)
-        return real(model, **{**kw, "progress": None})
-
-    app = make_app()
-    app.session_factory = slow_open
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and "60.0 of 100.0 MiB" in str(
-            app.screen.query_one("#detail").render()), what="download progress")
-        assert "Downloading: model.safetensors" in str(app.screen.query_one("#stage").render())
-        assert app.screen.query_one("#bar").percentage == 0.6
-        gate.set()
-        await ready(pilot)
-        assert app.session.model_name == "phi-3-mini"
+from steerchat.tui.widgets.chat import AssistantMessage
+from tests.conftest import requires_starter
+from tests.tui.conftest import SIZE, finished, ready, send, wait_for
 
 
 async def test_config_flags_reach_the_engine(make_app, engine):
@@ -42,49 +25,6 @@ async def test_config_flags_reach_the_engine(make_app, engine):
         assert engine.opened[0] == dict(model="smollm2-135m", sae="none", adapter=None, level="Medium",
                                         system="Be brief.", quant="auto")
         assert app.chat_screen.query_one("#slider").value == "Medium"
-
-
-async def test_offline_says_so_and_offers_the_starter(make_app, engine):
-    engine.missing = ("phi-3-mini",)
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and app.screen.failed, what="failure")
-        error = str(app.screen.query_one("#error").render())
-        assert error == "phi-3-mini is not downloaded and the machine is offline."
-        assert app.screen.query_one("#starter").display
-        await pilot.press("s")
-        await ready(pilot)
-        assert [o["model"] for o in engine.opened] == ["phi-3-mini", "smollm2-135m"]
-        assert app.session.model_name == "smollm2-135m"
-
-
-async def test_other_engine_errors_offer_quit_only(make_app, engine):
-    from steerchat.engine.core.api import EngineError
-
-    def broken(model, **kw):
-        raise EngineError("The SAE file is damaged.")
-
-    app = make_app(model="smollm2-135m")
-    app.session_factory = broken
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and app.screen.failed, what="failure")
-        assert str(app.screen.query_one("#error").render()) == "The SAE file is damaged."
-        assert not app.screen.query_one("#starter").display
-        await pilot.click("#quit")
-    assert app.return_code == 1
-
-
-async def test_ui_responds_while_the_model_loads(make_app, engine):
-    engine.load_delay = 3.0
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.05)
-        assert isinstance(app.screen, LoadingScreen) and app.session is None
-        await pilot.press("ctrl+p")  # the command palette opens while loading
-        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "CommandPalette", what="palette")
-        assert app.session is None  # it answered keys before the model was ready
-        await pilot.press("escape")
-        await ready(pilot)
 
 
 async def test_startup_to_interactive_screen_under_1_5_s(make_app, engine):
@@ -195,21 +135,22 @@ async def test_config_warning_with_brackets_is_shown_literally(make_app, home):
         assert note.markup is False  # brackets from the file are never read as markup
 
 
-def test_checklist_ticks_steps_before_the_current_one():
-    from steerchat.tui.screens.loading import checklist
-
-    assert checklist("quantise").plain.split() == ["✓", "Download", "✓", "Convert", "●", "Load", "/", "quantise",
-                                                   "○", "SAE"]
-    assert checklist("ready").plain.count("✓") == 4
-
-
-async def test_status_line_shows_an_active_adapter(make_app, engine):
-    app = make_app(adapter="/work/runs/align-1/adapter")
+@pytest.mark.slow
+@requires_starter
+async def test_chat_on_the_starter_model(home, shared_models_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (home / "cache").mkdir(parents=True, exist_ok=True)
+    (home / "cache" / "models").symlink_to(shared_models_cache, target_is_directory=True)
+    app = SteerChatApp(Config(model="smollm2-135m", sampling=SamplingSettings(max_new_tokens=12)))
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        assert engine.opened[0]["adapter"] == "/work/runs/align-1/adapter"
-        assert "adapter adapter" in screen_text(app, app.chat_screen.query_one("#status"))
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        assert "adapter" not in screen_text(app, app.chat_screen.query_one("#status"))
+        await wait_for(pilot, lambda: app.session is not None, timeout=240, what="starter model load")
+        await pilot.pause(0.1)
+        assert app.chat_screen.query_one("#slider").names == app.session.levels.names
+        await send(pilot, "Say hello in one word.", wait=False)
+        await wait_for(pilot, lambda: app.chat_screen.streaming is None, timeout=120, what="reply")
+        await finished(pilot)
+        view = app.chat_screen.query_one(AssistantMessage)
+        assert view.status == "ok" and view.text.strip()
+        reply = app.store.messages(app.chat_screen.chat_id)[1]
+        trace = TurnTrace.from_json(reply.trace_json)
+        assert trace.model == "smollm2-135m" and trace.reply == view.text

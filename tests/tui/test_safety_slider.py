@@ -1,10 +1,9 @@
 """Item 3: the safety slider, by keyboard and mouse, and during a reply."""
 
-from conftest import SIZE, finished, ready, screen_text, send, wait_for
-
 from steerchat.engine.core.trace import TurnTrace
 from steerchat.tui.widgets.chat import AssistantMessage
 from steerchat.tui.widgets.safety_slider import SafetySlider
+from tests.tui.conftest import SIZE, finished, ready, screen_text, send, wait_for
 
 
 async def test_arrow_keys_move_the_slider_and_the_session(make_app, engine):

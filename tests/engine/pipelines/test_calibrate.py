@@ -1,0 +1,32 @@
+"""Calibration: the cheapest sweep setting per gain target becomes a level."""
+
+from __future__ import annotations
+
+from steerchat.engine.pipelines.calibrate import choose_levels, write_levels
+from steerchat.engine.pipelines.evaluate import SweepSetting
+from steerchat.engine.core.levels import LevelScale
+
+
+BASE = SweepSetting("baseline")
+UNC = SweepSetting("s=2 uncond", 2.0, False)
+CON = SweepSetting("s=2 cond", 2.0, True)
+
+
+def _row(setting, unsafe, safe, cap):
+    return setting.to_dict() | {"unsafe_refusal": unsafe, "safe_refusal": safe, "capability": cap}
+
+
+def test_calibration_picks_cheapest_setting_per_gain_target(tmp_path):
+    s1u, s1c, s3u, s3c = (SweepSetting("a", 1.0), SweepSetting("b", 1.0, True), SweepSetting("c", 3.0),
+                          SweepSetting("d", 3.0, True))
+    rows = [_row(BASE, 0.1, 0.1, 0.6), _row(s1u, 0.4, 0.3, 0.55), _row(s1c, 0.4, 0.12, 0.6),
+            _row(UNC, 0.7, 0.6, 0.4), _row(CON, 0.65, 0.2, 0.58), _row(s3u, 0.9, 0.9, 0.2), _row(s3c, 0.85, 0.3, 0.5)]
+    for r in rows:
+        r["guidance"] = "none"
+    scale = choose_levels(rows)
+    got = {lv.name: (lv.strength, lv.conditional) for lv in scale.levels}
+    # max gain 0.8; Low needs 0.27 → s=1 cond (cheapest), Medium 0.53 → s=2 cond, High 0.72 → s=3 cond
+    assert got == {"Off": (0.0, False), "Guided": (0.0, False), "Low": (1.0, True), "Medium": (2.0, True),
+                   "High": (3.0, True), "Max": (3.0, False)}
+    path = write_levels(scale, tmp_path / "levels.json", {"summary": [], "meta": {}, "goal": None})
+    assert LevelScale.load(path).names == ["Off", "Guided", "Low", "Medium", "High", "Max"]

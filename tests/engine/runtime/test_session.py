@@ -1,0 +1,114 @@
+"""A chat Session over a SteeredModel: cancel within one token, a slider move mid-reply, the
+conditional clamp following the gate, and the turn trace's JSON round trip."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from steerchat.engine.core.api import SamplingSettings
+from steerchat.engine.core.featureset import FeatureSet, HarmGate, RefusalFeature
+from steerchat.engine.core.levels import SafetyLevel, SafetySettings
+from steerchat.engine.runtime.loading import load_model
+from steerchat.engine.runtime.sae import SAE
+from steerchat.engine.runtime.session import Session
+from steerchat.engine.runtime.steered import SteeredModel
+
+
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture
+def sae():
+    return SAE.random(d_in=64, d_sae=256, k=16, hook_layer=LAYER, seed=1)
+
+
+def _session(tiny, sae, gate_threshold=None, max_new_tokens=10):
+    fs = FeatureSet(refusal_features=[RefusalFeature(3, 2.0), RefusalFeature(9, 1.5)])
+    if gate_threshold is not None:
+        fs.harm_gate = HarmGate(features=[0, 1, 2], weights=[1.0, 1.0, 1.0], threshold=gate_threshold)
+    return Session(SteeredModel(tiny, sae, fs), sampling=SamplingSettings(max_new_tokens=max_new_tokens))
+
+
+def _count_passes(model, after: int, event: threading.Event):
+    """Set `event` once the model has run `after` forward passes."""
+    n = {"calls": 0}
+
+    def hook(module, args, output):
+        n["calls"] += 1
+        if n["calls"] >= after:
+            event.set()
+
+    return model.register_forward_hook(hook), n
+
+
+def test_cancel_stops_within_one_token(tiny, sae):
+    session = _session(tiny, sae, max_new_tokens=40)
+    cancel = threading.Event()
+    handle, n = _count_passes(tiny.model, 3, cancel)
+    try:
+        trace = session.send("write a long story", cancel=cancel)
+    finally:
+        handle.remove()
+    assert trace.stopped
+    # three forward passes produced three tokens; the stop is seen before a fourth pass
+    assert n["calls"] == 3
+    assert trace.timings.reply_tokens == 3
+    assert session.history[-1] == ("write a long story", trace.reply)
+
+
+def test_slider_move_mid_reply_is_recorded_and_applied(tiny, sae):
+    session = _session(tiny, sae, max_new_tokens=8)
+    maxed = SafetyLevel("Max", strength=3.0)
+    n = {"calls": 0}
+
+    def move(module, args, output):
+        n["calls"] += 1
+        if n["calls"] == 3:
+            session.settings = SafetySettings(level=maxed)
+
+    handle = tiny.model.register_forward_hook(move)
+    try:
+        trace = session.send("hi")
+    finally:
+        handle.remove()
+    assert trace.level == "Off"
+    assert trace.level_changes == [(3, "Max")]
+    targets = [r.targets for r in session.steered.hook.records]
+    assert all(t is None for t in targets[:3])
+    assert all(torch.equal(t, torch.tensor([6.0, 4.5])) for t in targets[3:])
+    assert [rf.target for rf in trace.refusal_features] == [6.0, 4.5]
+
+
+def test_conditional_clamp_follows_the_gate(tiny, sae):
+    cond = SafetySettings(level=SafetyLevel("Low", strength=3.0, conditional=True))
+    closed = _session(tiny, sae, gate_threshold=1e9)
+    closed.settings = cond
+    off = _session(tiny, sae, gate_threshold=1e9)
+    t_closed, t_off = closed.send("how do I do it"), off.send("how do I do it")
+    assert t_closed.gate is not None and not t_closed.gate.open
+    assert t_closed.reply == t_off.reply
+    assert all(r.targets is None for r in closed.steered.hook.records)
+
+    opened = _session(tiny, sae, gate_threshold=-1e9)
+    opened.settings = cond
+    t_open = opened.send("how do I do it")
+    assert t_open.gate.open and t_open.conditional
+    assert all(r.targets is not None for r in opened.steered.hook.records)
+
+
+def test_trace_json_round_trips(tiny, sae):
+    session = _session(tiny, sae, gate_threshold=0.0)
+    session.settings = SafetySettings(level=SafetyLevel("High", strength=2.0))
+    trace = session.send("hello [bold]there[/]")
+    assert trace.tokens and trace.prompt_features and trace.refusal_features and trace.verdict
+    again = type(trace).from_json(trace.to_json())
+    assert again == trace
+    assert again.to_json() == trace.to_json()
