@@ -31,7 +31,11 @@ def main() -> None:
     from steerchat.engine.core.featureset import FeatureSet
     from steerchat.engine.runtime.loading import load_model
     from steerchat.engine.runtime.sae import SAE
-    from steerchat.engine.runtime.steered import features_path, load_sae_for, resolve_sae
+    from steerchat.engine.runtime.steered import (
+        features_path,
+        load_sae_for,
+        resolve_sae,
+    )
     from steerchat.engine.runtime.steering import ClampRequest, SteeringHook
 
     lm = load_model(args.model)

@@ -9,8 +9,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from steerchat.engine.core.api import EngineError, LoadProgress, ModelNotAvailable, SAEFileError, SamplingSettings
-from steerchat.engine.core.levels import DEFAULT_LEVELS, GuidanceMode, LevelScale, SafetyLevel, SafetySettings
+from steerchat.engine.core.api import (
+    EngineError,
+    LoadProgress,
+    ModelNotAvailable,
+    SAEFileError,
+    SamplingSettings,
+)
+from steerchat.engine.core.levels import (
+    DEFAULT_LEVELS,
+    GuidanceMode,
+    LevelScale,
+    SafetyLevel,
+    SafetySettings,
+)
 from steerchat.engine.core.trace import TurnTrace
 
 if TYPE_CHECKING:

@@ -5,10 +5,11 @@ Pure Python: the UI lists models without importing torch.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+import tomllib
 
 MODELS_DIR = Path(__file__).resolve().parent
 STARTER = "smollm2-135m"

@@ -9,19 +9,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
-from textual import work
-from textual.app import App, SystemCommand
-from textual.binding import Binding
-from textual.message import Message
-from textual.screen import Screen
-
-from steerchat.engine.core.api import ChatSession, EngineError, LoadProgress, ModelNotAvailable
+from steerchat.engine.core.api import (
+    ChatSession,
+    EngineError,
+    LoadProgress,
+    ModelNotAvailable,
+)
 from steerchat.engine.core.levels import DEFAULT_LEVELS
 from steerchat.engine.core.paths import get_paths
 from steerchat.tui.config import Config, load_config, merge_overrides, save_config
 from steerchat.tui.sanitize import sanitize
 from steerchat.tui.screens.chat import ChatScreen
 from steerchat.tui.screens.loading import LoadingScreen
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+
 from steerchat.store import Store
 
 SessionFactory = Callable[..., ChatSession]

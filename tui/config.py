@@ -6,13 +6,12 @@ that were valid) plus one message naming the file, the line and the fault.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-
+import tomllib
 from steerchat.engine.core.api import SamplingSettings
 from steerchat.engine.core.paths import get_paths
 from steerchat.models import DEFAULT_MODEL

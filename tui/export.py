@@ -10,6 +10,7 @@ from pathlib import Path
 
 from steerchat.engine.core.trace import FeatureStat, TurnTrace
 from steerchat.tui.sanitize import sanitize
+
 from steerchat.store import ChatRow, MessageRow, Store
 
 

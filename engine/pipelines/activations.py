@@ -33,9 +33,6 @@ from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
-
-from tqdm.auto import tqdm
-
 from steerchat.engine.core.api import EngineError
 from steerchat.engine.core.config import CollectConfig
 from steerchat.engine.core.datasets import load_pairs, load_prompts
@@ -46,6 +43,7 @@ from steerchat.engine.runtime.batch import generate_batch
 from steerchat.engine.runtime.layers import run_to_layer
 from steerchat.engine.runtime.loading import load_model
 from steerchat.engine.runtime.steered import SteeredModel
+from tqdm.auto import tqdm
 
 MANIFEST = "manifest.json"
 GENERATED = "generated.jsonl"

@@ -20,7 +20,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from steerchat.engine.core.levels import DEFAULT_LEVELS, GuidanceMode, LevelScale, SafetyLevel
+from steerchat.engine.core.levels import (
+    DEFAULT_LEVELS,
+    GuidanceMode,
+    LevelScale,
+    SafetyLevel,
+)
 
 LEVEL_TARGETS = (("Low", 1 / 3), ("Medium", 2 / 3), ("High", 0.9))
 

@@ -21,10 +21,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-
 from steerchat.engine.core.datasets import MathProblem, MCQuestion, extract_final_number
 from steerchat.engine.core.levels import SafetySettings
-from steerchat.engine.runtime.batch import BatchReply, PaddedBatch, generate_batch, pad_batch, pad_id
+from steerchat.engine.runtime.batch import (
+    BatchReply,
+    PaddedBatch,
+    generate_batch,
+    pad_batch,
+    pad_id,
+)
 from steerchat.engine.runtime.steered import SteeredModel
 
 MATH_INSTRUCTION = "Solve the problem step by step, then give the final answer as a number after '####'."

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from steerchat.engine.runtime.batch import generate_batch
 from steerchat.engine.core.datasets import Escalation
 from steerchat.engine.core.levels import SafetySettings
+from steerchat.engine.runtime.batch import generate_batch
 
 
 @dataclass

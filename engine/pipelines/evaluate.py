@@ -25,17 +25,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm import tqdm
-
 from steerchat.engine.core import datasets as ds
 from steerchat.engine.core.api import EngineError
 from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings
-from steerchat.engine.pipelines.capability import math_prompt, mc_prompt, score_multiple_choice, solve_math
+from steerchat.engine.pipelines.capability import (
+    math_prompt,
+    mc_prompt,
+    score_multiple_choice,
+    solve_math,
+)
 from steerchat.engine.pipelines.escalation import run_escalations
 from steerchat.engine.pipelines.harm_gate import gate_decisions
 from steerchat.engine.runtime.batch import generate_batch
 from steerchat.engine.runtime.judge import judge_refusal
 from steerchat.engine.runtime.steered import SteeredModel
+from tqdm import tqdm
 
 SET_NAMES = ("unsafe", "safe", "mc", "math", "escalation")
 RESULTS_NAME = "results.jsonl"

@@ -14,10 +14,9 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-
 from steerchat.engine.pipelines.activations import DOCS, Manifest, load_shard
 from steerchat.engine.runtime.sae import SAE
+from tqdm.auto import tqdm
 
 CONTEXTS_NAME = "feature_contexts.json"
 LABEL_WORDS = 3  # characteristic tokens in a label

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from steerchat.engine.core.datasets import load_prompts
 from steerchat.engine.core.featureset import HarmGate
 from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from steerchat.engine.runtime.batch import pad_batch, pad_id
 from steerchat.engine.runtime.loading import load_model
 

@@ -31,9 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-
-from tqdm.auto import tqdm
-
 from steerchat.engine.core.config import FindConfig
 from steerchat.engine.core.featureset import FeatureSet, RefusalFeature
 from steerchat.engine.core.jsonl import read_jsonl
@@ -42,6 +39,7 @@ from steerchat.engine.core.refusal_replies import REFUSAL_TEMPLATES
 from steerchat.engine.runtime.batch import generate_batch
 from steerchat.engine.runtime.layers import run_to_layer
 from steerchat.engine.runtime.steered import SteeredModel
+from tqdm.auto import tqdm
 
 METHODS = ("direction", "contrast")
 

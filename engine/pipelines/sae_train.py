@@ -28,15 +28,19 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-
-from tqdm.auto import tqdm
-
 from steerchat.engine.core.api import EngineError
 from steerchat.engine.core.config import TrainConfig
-from steerchat.engine.pipelines.activations import DOCS, CollectConfig, Manifest, load_shard, render
+from steerchat.engine.pipelines.activations import (
+    DOCS,
+    CollectConfig,
+    Manifest,
+    load_shard,
+    render,
+)
 from steerchat.engine.runtime.layers import decoder_layer, layer_hidden, with_hidden
 from steerchat.engine.runtime.loading import load_model
 from steerchat.engine.runtime.sae import SAE, SAEConfig
+from tqdm.auto import tqdm
 
 CHECKPOINT = "checkpoint"
 REPORT = "training.json"

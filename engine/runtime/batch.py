@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-
 from steerchat.engine.core.levels import SafetySettings
 from steerchat.engine.core.trace import Verdict
 from steerchat.engine.runtime.judge import judge_refusal, opening_log_odds

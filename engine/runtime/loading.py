@@ -22,8 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from steerchat.engine.core.api import EngineError, LoadProgress, ModelNotAvailable, ProgressCallback
+from steerchat.engine.core.api import (
+    EngineError,
+    LoadProgress,
+    ModelNotAvailable,
+    ProgressCallback,
+)
 from steerchat.engine.core.paths import get_paths
 from steerchat.models import STARTER, ModelEntry, get_entry
 

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-
 from steerchat.engine.core.api import SAEFileError
 
 ARCHITECTURES = ("topk", "relu", "jumprelu")

@@ -13,16 +13,25 @@ import time
 from typing import Callable
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
-
-from steerchat.engine.core.api import EngineError, ProgressCallback, SamplingSettings, TokenCallback
+from steerchat.engine.core.api import (
+    EngineError,
+    ProgressCallback,
+    SamplingSettings,
+    TokenCallback,
+)
 from steerchat.engine.core.levels import SafetySettings
 from steerchat.engine.core.trace import TurnTrace
 from steerchat.engine.runtime.judge import judge_refusal, opening_log_odds
 from steerchat.engine.runtime.steered import History, SteeredModel, open_steered
 from steerchat.engine.runtime.steering import ClampRequest
 from steerchat.engine.runtime.tracebuild import build_trace_features
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.generation.streamers import BaseStreamer
 
 
 class _Cancel(StoppingCriteria):

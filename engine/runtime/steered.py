@@ -18,7 +18,6 @@ from typing import Callable, Iterator
 
 import torch
 from jinja2.exceptions import TemplateError
-
 from steerchat.engine.core.api import EngineError, LoadProgress, ProgressCallback
 from steerchat.engine.core.featureset import FeatureSet, RefusalFeature
 from steerchat.engine.core.levels import LevelScale, SafetySettings, guidance_text

@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
-
 from steerchat.engine.core.featureset import HarmGate
 from steerchat.engine.runtime.layers import decoder_layer, layer_hidden, with_hidden
 from steerchat.engine.runtime.sae import SAE
-
 
 # A position whose residual norm exceeds this many times the prompt's median is an attention sink.
 SINK_FACTOR = 20.0

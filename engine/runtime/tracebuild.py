@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import torch
-
 from steerchat.engine.core.featureset import FeatureSet
+from steerchat.engine.core.trace import (
+    FeatureStat,
+    GateDecision,
+    RefusalFeatureState,
+    TokenFeatures,
+    TurnTrace,
+)
 from steerchat.engine.runtime.steering import SteeringHook
-from steerchat.engine.core.trace import FeatureStat, GateDecision, RefusalFeatureState, TokenFeatures, TurnTrace
 
 TOP_FEATURES = 40  # features listed per span, by peak activation
 GATE_TOKENS = 8

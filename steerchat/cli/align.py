@@ -20,7 +20,7 @@ import sys
 
 from steerchat.engine.core.config import FinetuneConfig, Plan
 
-STAGES = ("induce", "analyse", "dataset", "finetune", "run")
+ALIGN_STAGES = ("induce", "analyse", "dataset", "finetune", "run")
 
 
 def register(sub) -> None:
@@ -34,7 +34,7 @@ def register(sub) -> None:
         "finetune": "LoRA fine-tuning on the dataset (progress, checkpoints, --resume)",
         "run": "every stage in order, skipping what the work folder already holds",
     }
-    for name in STAGES:
+    for name in ALIGN_STAGES:
         s = stages.add_parser(name, help=helps[name], description=helps[name])
         _common(s)
         if name in ("induce", "run"):
@@ -137,7 +137,13 @@ def _bar_factory():
 def _run(args) -> int:
     from pathlib import Path
 
-    from steerchat.engine.pipelines.align.pipeline import Workspace, stage_analyse, stage_dataset, stage_finetune, stage_induce
+    from steerchat.engine.pipelines.align.pipeline import (
+        Workspace,
+        stage_analyse,
+        stage_dataset,
+        stage_finetune,
+        stage_induce,
+    )
     from steerchat.engine.runtime.steered import open_steered
     from steerchat.tui.config import load_config
 

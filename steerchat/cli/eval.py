@@ -161,7 +161,11 @@ def _open(args):
 def _fit_gate(args, steered) -> None:
     from tqdm import tqdm
 
-    from steerchat.engine.pipelines.harm_gate import default_gate_data, fit_harm_gate, write_gate
+    from steerchat.engine.pipelines.harm_gate import (
+        default_gate_data,
+        fit_harm_gate,
+        write_gate,
+    )
     from steerchat.engine.runtime.steered import features_path, resolve_sae
 
     folder = resolve_sae(args.sae, steered.loaded)
@@ -189,8 +193,14 @@ def _fit_gate(args, steered) -> None:
 def _run(args) -> int:
     import json
 
-    from steerchat.engine.pipelines.evaluate import (format_table, level_settings, load_sets, run_sweep, subsample,
-                                 sweep_settings)
+    from steerchat.engine.pipelines.evaluate import (
+        format_table,
+        level_settings,
+        load_sets,
+        run_sweep,
+        subsample,
+        sweep_settings,
+    )
 
     sets = load_sets(args.unsafe, args.safe, args.mc, args.math, args.escalation, args.xstest,
                      only=[s.strip() for s in args.sets.split(",") if s.strip()])

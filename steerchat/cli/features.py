@@ -79,7 +79,7 @@ def register(sub) -> None:
     sw.add_argument("--max-new-tokens", type=int, default=24)
     sw.add_argument("--batch-size", type=int, default=32)
     sw.add_argument("--json", help="also write the rows to this JSON file")
-    sw.set_defaults(run=run_sweep)
+    sw.set_defaults(run=run_features_sweep)
 
 
 def command_line(args: argparse.Namespace, *words: str) -> str:
@@ -122,7 +122,11 @@ def _steered(args):
 
 def run_find(args: argparse.Namespace) -> int:
     from steerchat.engine.core.api import EngineError
-    from steerchat.engine.pipelines.refusal_features import find_refusal_features, load_replies, write_features
+    from steerchat.engine.pipelines.refusal_features import (
+        find_refusal_features,
+        load_replies,
+        write_features,
+    )
 
     try:
         if args.method == "contrast" and not args.harmless:
@@ -140,8 +144,8 @@ def run_find(args: argparse.Namespace) -> int:
         replies = load_replies(args.replies) if args.replies else {}
         missing = [] if previous else [p for p in harmful if p not in replies]
         if missing:
-            from steerchat.engine.runtime.batch import generate_batch
             from steerchat.engine.core.levels import SafetySettings
+            from steerchat.engine.runtime.batch import generate_batch
 
             print(f"steerchat: generating the model's own replies to {len(missing)} harmful prompts", file=sys.stderr)
             for r in generate_batch(steered, missing, SafetySettings(), 40, args.batch_size):
@@ -177,8 +181,8 @@ def run_find(args: argparse.Namespace) -> int:
 
 def run_label(args: argparse.Namespace) -> int:
     from steerchat.engine.core.api import EngineError
-    from steerchat.engine.pipelines.feature_labels import CONTEXTS_NAME, label_features
     from steerchat.engine.core.featureset import FeatureSet
+    from steerchat.engine.pipelines.feature_labels import CONTEXTS_NAME, label_features
     from steerchat.engine.runtime.loading import load_model
     from steerchat.engine.runtime.sae import SAE
 
@@ -203,7 +207,7 @@ def run_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_sweep(args: argparse.Namespace) -> int:
+def run_features_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from steerchat.engine.core.api import EngineError

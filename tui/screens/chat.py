@@ -12,6 +12,17 @@ import threading
 import time
 
 from rich.text import Text
+from steerchat.engine.core.api import ChatSession, EngineError
+from steerchat.engine.core.trace import TurnTrace
+from steerchat.tui.sanitize import one_line, sanitize
+from steerchat.tui.widgets.chat import (
+    AssistantMessage,
+    ChatLog,
+    PromptInput,
+    UserMessage,
+)
+from steerchat.tui.widgets.features_panel import FeaturesPanel
+from steerchat.tui.widgets.safety_slider import SafetySlider
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -20,13 +31,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from steerchat.engine.core.api import ChatSession, EngineError
-from steerchat.engine.core.trace import TurnTrace
-from steerchat.tui.sanitize import one_line, sanitize
 from steerchat.store import Store
-from steerchat.tui.widgets.chat import AssistantMessage, ChatLog, PromptInput, UserMessage
-from steerchat.tui.widgets.features_panel import FeaturesPanel
-from steerchat.tui.widgets.safety_slider import SafetySlider
 
 SAVE_EVERY_S = 0.5
 EMPTY_HINT = (

@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 
 from rich.text import Text
+from steerchat.tui.export import export_chat
+from steerchat.tui.sanitize import one_line
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -13,8 +15,6 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from steerchat.tui.export import export_chat
-from steerchat.tui.sanitize import one_line
 from steerchat.store import Store
 
 

@@ -7,15 +7,14 @@ the model is not available (offline, not cached), it says so and offers the star
 from __future__ import annotations
 
 from rich.text import Text
+from steerchat.engine.core.api import LoadProgress
+from steerchat.models import STARTER
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Center, Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Footer, ProgressBar, Static
-
-from steerchat.engine.core.api import LoadProgress
-from steerchat.models import STARTER
 
 STAGES = {
     "download": "Downloading",

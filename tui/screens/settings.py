@@ -9,14 +9,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from rich.text import Text
+from steerchat.engine.core.api import SamplingSettings
+from steerchat.tui.config import Config
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
-
-from steerchat.engine.core.api import SamplingSettings
-from steerchat.tui.config import Config
 
 
 class SettingsScreen(ModalScreen[Config | None]):

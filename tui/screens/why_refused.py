@@ -11,6 +11,15 @@ import threading
 
 from rich.markup import escape
 from rich.text import Text
+from steerchat.engine.core.api import ChatSession
+from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings
+from steerchat.engine.core.trace import TurnTrace
+from steerchat.tui.sanitize import sanitize
+from steerchat.tui.widgets.features_panel import (
+    feature_name,
+    natural_activation,
+    rank_refusal_states,
+)
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -19,12 +28,6 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
-
-from steerchat.engine.core.api import ChatSession
-from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings
-from steerchat.engine.core.trace import TurnTrace
-from steerchat.tui.sanitize import sanitize
-from steerchat.tui.widgets.features_panel import feature_name, natural_activation, rank_refusal_states
 
 NATURAL_SHARE = 0.5  # natural activation ≥ half the reference counts as "active on its own"
 

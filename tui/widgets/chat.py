@@ -7,15 +7,14 @@ through Markdown after `sanitize`, so neither markup nor escape sequences take e
 from __future__ import annotations
 
 from rich.text import Text
+from steerchat.engine.core.trace import TurnTrace
+from steerchat.tui.sanitize import sanitize
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
-
-from steerchat.engine.core.trace import TurnTrace
-from steerchat.tui.sanitize import sanitize
 
 NEWLINE_KEYS = ("shift+enter", "ctrl+j")
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 from rich.color import Color
 from rich.style import Style
 from rich.text import Text
+from steerchat.engine.core.trace import FeatureStat, RefusalFeatureState, TurnTrace
+from steerchat.tui.sanitize import sanitize
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
-
-from steerchat.engine.core.trace import FeatureStat, RefusalFeatureState, TurnTrace
-from steerchat.tui.sanitize import sanitize
 
 BAR_WIDTH = 10
 NAME_WIDTH = 22

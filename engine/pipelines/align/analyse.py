@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from steerchat.engine.core.levels import SafetySettings
 from steerchat.engine.pipelines.align.generation import Progress, generate_stage
 from steerchat.engine.pipelines.align.prompts import guided_analysis_prompt
 from steerchat.engine.pipelines.align.records import Analysis, Mistake, mark_done
-from steerchat.engine.core.levels import SafetySettings
 from steerchat.engine.runtime.judge import judge_refusal
 
 MIN_WORDS = 8

@@ -23,16 +23,27 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from steerchat.engine.pipelines.align.analyse import analysis_problem
-from steerchat.engine.pipelines.align.generation import Progress, generate_stage
-from steerchat.engine.pipelines.align.prompts import HINT_PHRASES, contains_hint, unguided_analysis_prompt
 from steerchat.engine.core.datasets import load_pairs
 from steerchat.engine.core.jsonl import read_jsonl, write_jsonl
-from steerchat.engine.pipelines.align.records import AlignError, Analysis, GoodReply, Mistake, TrainingRow, mark_done
 from steerchat.engine.core.levels import DEFAULT_LEVELS, GuidanceMode, SafetySettings
+from steerchat.engine.pipelines.align.analyse import analysis_problem
+from steerchat.engine.pipelines.align.generation import Progress, generate_stage
+from steerchat.engine.pipelines.align.prompts import (
+    HINT_PHRASES,
+    contains_hint,
+    unguided_analysis_prompt,
+)
+from steerchat.engine.pipelines.align.records import (
+    AlignError,
+    Analysis,
+    GoodReply,
+    Mistake,
+    TrainingRow,
+    mark_done,
+)
 
 TRAIN_NAME = "train.jsonl"
-MANIFEST_NAME = "manifest.json"
+DATASET_MANIFEST = "manifest.json"
 
 
 def guided_settings() -> SafetySettings:
@@ -118,7 +129,7 @@ def build_dataset(analyses: list[Analysis], good: list[GoodReply], out_dir: Path
         "train_file": TRAIN_NAME,
         "train_sha256": _sha256(train),
     }
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+    (out_dir / DATASET_MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 

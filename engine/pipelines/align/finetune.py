@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
 from steerchat.engine.core.config import FinetuneConfig
 from steerchat.engine.pipelines.align.records import AlignError, TrainingRow
 from steerchat.engine.runtime.batch import pad_batch, pad_id
 
-MANIFEST_NAME = "steerchat_adapter.json"
+ADAPTER_MANIFEST = "steerchat_adapter.json"
 STATE_NAME = "trainer_state.pt"
 # Projection names of the attention and MLP blocks across Llama-, Phi-3- and GPT-style models.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "down_proj",
@@ -278,5 +277,5 @@ def write_manifest(out_dir: Path, loaded, cfg: FinetuneConfig, result: FinetuneR
         "seconds_this_run": round(result.seconds, 1),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
     }
-    (Path(out_dir) / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+    (Path(out_dir) / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 from steerchat.engine.core.jsonl import read_jsonl, write_jsonl
+from steerchat.engine.core.levels import SafetySettings
 from steerchat.engine.pipelines.align.records import AlignError, done_keys
 from steerchat.engine.runtime.batch import BatchReply, generate_batch
-from steerchat.engine.core.levels import SafetySettings
 
 Progress = Callable[[int], None]
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from steerchat.engine.core.datasets import load_pairs
+from steerchat.engine.core.levels import SafetySettings
 from steerchat.engine.pipelines.align.generation import Progress, generate_stage
 from steerchat.engine.pipelines.align.prompts import induce_prompt
-from steerchat.engine.core.datasets import load_pairs
 from steerchat.engine.pipelines.align.records import AlignError, Mistake, mark_done
-from steerchat.engine.core.levels import SafetySettings
-from steerchat.store import Store, StoreError
 
+from steerchat.store import Store, StoreError
 
 
 def induce_mistakes(steered, instructions: list[str], out_path: Path, *, max_new_tokens: int = 96,

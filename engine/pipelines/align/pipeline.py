@@ -17,18 +17,35 @@ its latest checkpoint (or is skipped when the adapter is finished).
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Callable
 
-from steerchat.engine.pipelines.align.analyse import analyse_mistakes
-from steerchat.engine.pipelines.align.dataset import MANIFEST_NAME as DATASET_MANIFEST
-from steerchat.engine.pipelines.align.dataset import TRAIN_NAME, build_dataset, good_replies, load_good_pairs, load_training_rows
-from steerchat.engine.pipelines.align.finetune import MANIFEST_NAME as ADAPTER_MANIFEST
-from steerchat.engine.pipelines.align.finetune import FinetuneConfig, FinetuneResult, finetune, latest_checkpoint
-from steerchat.engine.pipelines.align.induce import induce_mistakes, load_mistakes, mistakes_from_history
 from steerchat.engine.core.config import Plan
+from steerchat.engine.core.datasets import load_prompts
 from steerchat.engine.core.jsonl import read_jsonl, write_jsonl
+from steerchat.engine.pipelines.align.analyse import analyse_mistakes
+from steerchat.engine.pipelines.align.dataset import (
+    DATASET_MANIFEST,
+    TRAIN_NAME,
+    build_dataset,
+    good_replies,
+    load_good_pairs,
+    load_training_rows,
+)
+from steerchat.engine.pipelines.align.finetune import (
+    ADAPTER_MANIFEST,
+    FinetuneConfig,
+    FinetuneResult,
+    finetune,
+    latest_checkpoint,
+)
+from steerchat.engine.pipelines.align.induce import (
+    induce_mistakes,
+    load_mistakes,
+    mistakes_from_history,
+)
 from steerchat.engine.pipelines.align.records import AlignError, Analysis, Mistake
 
 # (stage name, total items) → a progress callback taking how many items just finished
@@ -36,8 +53,6 @@ BarFactory = Callable[[str, int], Callable[[int], None]]
 
 
 def _instructions(path: str, limit: int | None, seed: int) -> list[str]:
-    from steerchat.engine.core.datasets import load_prompts
-
     texts = [p.text for p in load_prompts(path)]
     if limit is not None and limit < len(texts):
         random.Random(seed).shuffle(texts)
@@ -130,8 +145,6 @@ def stage_finetune(loaded, data: Path, out: Path, cfg: FinetuneConfig, *, resume
     folder = data if Path(data).is_dir() else Path(data).parent
     info = {"train_file": str(folder / TRAIN_NAME if Path(data).is_dir() else data)}
     if (folder / DATASET_MANIFEST).is_file():
-        import json
-
         info["dataset_manifest"] = json.loads((folder / DATASET_MANIFEST).read_text())
     if resume is None:
         resume = latest_checkpoint(out) is not None

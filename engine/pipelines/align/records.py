@@ -8,7 +8,7 @@ interrupted stage re-run with the same output skips the items already written
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from steerchat.engine.core.api import EngineError
