@@ -12,6 +12,7 @@ public SAELens SAEs load as they are. Pickles are never loaded.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,11 @@ class SAEConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], where: str) -> "SAEConfig":
-        """Read our cfg.json or a SAELens one (which nests some keys and names them differently)."""
+    def from_json(cls, d: dict[str, Any], where: str, layer_override: int | None = None) -> "SAEConfig":
+        """Read our cfg.json or a SAELens one (which nests some keys and names them differently).
+
+        The hook layer comes from the hook point's name (see `resolve_hook_layer`), else from
+        `hook_layer`; `layer_override` (the user's `--sae-layer`) wins over both."""
         d = dict(d)
         meta = d.get("metadata") or {}
         try:
@@ -69,11 +73,8 @@ class SAEConfig:
             if not isinstance(k, int) or not 0 < k <= d_sae:
                 raise SAEFileError(f"{where}: a topk SAE needs an integer 'k' between 1 and d_sae ({d_sae}), got {k!r}")
         layer = d.get("hook_layer", meta.get("hook_layer"))
-        hook_name = str(d.get("hook_name", meta.get("hook_name", "")))
-        if layer is None:
-            layer = _layer_from_hook_name(hook_name)
-        if layer is None:
-            raise SAEFileError(f"{where}: cfg.json gives no 'hook_layer' and no hook_name with a layer number")
+        hook_name = str(d.get("hook_name", meta.get("hook_name", "")) or "")
+        layer = resolve_hook_layer(hook_name, layer, where, override=layer_override)
         known = {f for f in cls.__dataclass_fields__}
         extra = {k_: v for k_, v in d.items() if k_ not in known and k_ != "metadata"}
         return cls(
@@ -91,11 +92,80 @@ class SAEConfig:
         )
 
 
-def _layer_from_hook_name(name: str) -> int | None:
-    for part in name.replace("/", ".").split("."):
-        if part.isdigit():
-            return int(part)
+# ---- hook points
+#
+# steerchat's hook sits on the OUTPUT of decoder layer L (the residual stream after block L).
+# Published SAEs name their hook point in TransformerLens terms (`blocks.N.hook_resid_post`,
+# `blocks.N.hook_resid_pre` = the output of block N-1) or as a Hugging Face module path
+# (`model.layers.N` = its output). Anything that is not the residual stream after a layer
+# (resid_mid, attention or MLP outputs, normalised inputs, the embeddings) is refused:
+# steering there through this hook would read and write the wrong vector.
+
+_TL = re.compile(r"^blocks\.(\d+)\.(.+)$")
+# HF module paths: model.layers.N, model.model.layers.N, transformer.h.N, gpt_neox.layers.N, layers.N
+_HF = re.compile(r"^(?:[A-Za-z_]+\.)*(?:layers|h|blocks|layer)\.(\d+)(?:\.(.+))?$")
+_NOT_RESIDUAL = ("resid_mid", "attn", "mlp", "hook_z", "hook_q", "hook_k", "hook_v", "ln", "norm",
+                 "hook_pattern", "hook_scale", "hook_normalized", "transcoder")
+LAYER_HINT = "pass the decoder layer whose output it reads with --sae-layer N"
+
+
+def layer_from_hook_name(name: str, where: str = "SAE") -> int | None:
+    """The decoder layer whose output the hook point `name` is, None when `name` names no layer.
+
+    Raises SAEFileError for a hook point steerchat cannot hook (not the residual stream after a
+    decoder layer, or the embeddings)."""
+    name = name.strip()
+    if not name:
+        return None
+    m = _TL.match(name)
+    if m:
+        n, point = int(m.group(1)), m.group(2)
+        if point == "hook_resid_post":
+            return n
+        if point == "hook_resid_pre":
+            if n == 0:
+                raise SAEFileError(f"{where}: hook point {name!r} is the embeddings (the input of block 0); "
+                                   "steerchat hooks the output of a decoder layer and cannot steer there")
+            return n - 1
+        raise SAEFileError(f"{where}: hook point {name!r} is not the residual stream after a decoder layer "
+                           "(steerchat hooks blocks.N.hook_resid_post or blocks.N+1.hook_resid_pre); "
+                           "this SAE reads another vector and cannot be used for steering here")
+    m = _HF.match(name)
+    if m:
+        n, rest = int(m.group(1)), m.group(2) or ""
+        if rest in ("", "output", "hook_point_out", "out"):
+            return n
+        if rest in ("input", "hook_point_in", "in", "input_layernorm.input"):
+            if n == 0:
+                raise SAEFileError(f"{where}: hook point {name!r} is the input of the first layer (the "
+                                   "embeddings); steerchat hooks the output of a decoder layer and cannot steer there")
+            return n - 1
+        if rest == "input_layernorm":
+            raise SAEFileError(f"{where}: hook point {name!r} is ambiguous: its input is the residual stream "
+                               f"before layer {n} but its output is normalised; if the SAE reads the input, "
+                               f"{LAYER_HINT} (here {n - 1})")
+        raise SAEFileError(f"{where}: hook point {name!r} ({rest}) is not the residual stream after a decoder "
+                           "layer; steerchat hooks a layer's output (model.layers.N) and cannot steer there")
+    if any(word in name for word in _NOT_RESIDUAL) or name.startswith(("hook_embed", "embed")):
+        raise SAEFileError(f"{where}: hook point {name!r} is not the residual stream after a decoder layer")
     return None
+
+
+def resolve_hook_layer(hook_name: str, hook_layer: Any, where: str, override: int | None = None) -> int:
+    """The decoder layer an SAE's hook sits on (its output), from the config's hook name and
+    hook_layer, or the user's override. A name steerchat reads decides: SAELens' `hook_layer`
+    is the block index of the hook point, one more than steerchat's layer for resid_pre."""
+    if override is not None:
+        if isinstance(override, bool) or not isinstance(override, int) or override < 0:
+            raise SAEFileError(f"{where}: the layer override must be a whole number >= 0, got {override!r}")
+        return override
+    layer = layer_from_hook_name(hook_name, where)
+    if layer is not None:
+        return layer
+    if hook_layer is None:
+        what = f"hook_name {hook_name!r} names no decoder layer" if hook_name else "no 'hook_name'"
+        raise SAEFileError(f"{where}: cfg.json gives no 'hook_layer' and {what}; {LAYER_HINT}")
+    return hook_layer
 
 
 class SAE(torch.nn.Module):
@@ -188,8 +258,10 @@ class SAE(torch.nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32, expect_d_in: int | None = None) -> "SAE":
-        """Load an SAELens-layout folder. Every fault raises SAEFileError naming the file."""
+             dtype: torch.dtype = torch.float32, expect_d_in: int | None = None,
+             layer: int | None = None) -> "SAE":
+        """Load an SAELens-layout folder. Every fault raises SAEFileError naming the file.
+        `layer` overrides the hook layer the config gives (or lacks)."""
         folder = Path(folder)
         if folder.is_file():
             raise SAEFileError(f"{folder}: an SAE is a folder holding {CFG_NAME} and {WEIGHTS_NAME}, not a single file")
@@ -204,7 +276,7 @@ class SAE(torch.nn.Module):
             raise SAEFileError(f"{cfg_path}: not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise SAEFileError(f"{cfg_path}: expected a JSON object")
-        cfg = SAEConfig.from_json(raw, str(cfg_path))
+        cfg = SAEConfig.from_json(raw, str(cfg_path), layer_override=layer)
         if expect_d_in is not None and cfg.d_in != expect_d_in:
             raise SAEFileError(
                 f"{cfg_path}: d_in is {cfg.d_in} but the model's residual stream has {expect_d_in} dimensions; "

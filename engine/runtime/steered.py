@@ -173,8 +173,21 @@ class SteeredModel:
 # ---------------------------------------------------------------- opening one
 
 
+LAYER_SUFFIX = "#layer="
+
+
+def split_sae_spec(spec: str | None) -> tuple[str | None, int | None]:
+    """An `--sae` spec and its hook-layer override: "DIR#layer=N" (what `--sae-layer N` adds)."""
+    if spec and LAYER_SUFFIX in spec:
+        head, _, tail = spec.rpartition(LAYER_SUFFIX)
+        if tail.isdigit():
+            return head or "auto", int(tail)
+    return spec, None
+
+
 def resolve_sae(spec: str | None, loaded: LoadedModel) -> Path | None:
     """The SAE folder for `spec`: "auto" means the registry's shipped SAE, None/"none" means no SAE."""
+    spec, _ = split_sae_spec(spec)
     if spec is None or spec.lower() == "none":
         return None
     if spec == "auto":
@@ -199,11 +212,13 @@ def model_levels(loaded: LoadedModel) -> LevelScale:
     return LevelScale()
 
 
-def load_sae_for(loaded: LoadedModel, folder: Path, progress: ProgressCallback | None = None) -> SAE:
-    """Load the SAE in `folder` for this model, checking its width and hook layer."""
+def load_sae_for(loaded: LoadedModel, folder: Path, progress: ProgressCallback | None = None,
+                 layer: int | None = None) -> SAE:
+    """Load the SAE in `folder` for this model, checking its width and hook layer (`layer`
+    overrides the one its config gives)."""
     if progress:
         progress(LoadProgress("sae", f"Loading SAE {folder.name}"))
-    sae = SAE.load(folder, device=loaded.device, expect_d_in=loaded.d_model)
+    sae = SAE.load(folder, device=loaded.device, expect_d_in=loaded.d_model, layer=layer)
     if sae.cfg.hook_layer >= loaded.num_layers:
         raise EngineError(f"{folder}: hook layer {sae.cfg.hook_layer} does not exist; {loaded.name} has "
                           f"{loaded.num_layers} decoder layers")
@@ -221,7 +236,7 @@ def open_steered(model: str = "phi-3-mini", *, sae: str | None = "auto", adapter
     sae_obj, features = None, None
     folder = resolve_sae(sae, loaded)
     if folder is not None:
-        sae_obj = load_sae_for(loaded, folder, progress)
+        sae_obj = load_sae_for(loaded, folder, progress, layer=split_sae_spec(sae)[1])
         path = features_path(folder, loaded)
         features = FeatureSet.load(path) if path is not None else None
     return SteeredModel(loaded, sae_obj, features or FeatureSet(), model_levels(loaded), adapter_name)

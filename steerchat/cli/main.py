@@ -48,6 +48,8 @@ def add_chat_arguments(parser: argparse.ArgumentParser, sub: bool = False) -> No
     parser.add_argument("--model", "-m", help="registry name, Hugging Face id, model folder or GGUF file "
                         "(default: from config.toml, else phi-3-mini)", **kw)
     parser.add_argument("--sae", help="SAE folder (SAELens layout); 'none' for no SAE; default: the model's shipped SAE", **kw)
+    parser.add_argument("--sae-layer", type=int, metavar="N", help="decoder layer whose output the SAE reads, "
+                        "for an SAE whose config names no layer (overrides the config)", **kw)
     parser.add_argument("--level", "-l", help="safety level: Off, Guided, Low, Medium, High, Max", **kw)
     parser.add_argument("--system", "-s", help="system prompt", **kw)
     parser.add_argument("--adapter", help="LoRA adapter folder from `steerchat align`", **kw)
@@ -59,6 +61,10 @@ def add_chat_arguments(parser: argparse.ArgumentParser, sub: bool = False) -> No
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "sae_layer", None) is not None:  # travels inside the --sae spec to chat and ask
+        if args.sae_layer < 0:
+            parser.error("--sae-layer must be 0 or more")
+        args.sae = f"{getattr(args, 'sae', None) or 'auto'}#layer={args.sae_layer}"
     if args.command is None:
         from steerchat.tui.app import run_chat
 
