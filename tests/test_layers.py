@@ -26,12 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / ".importlinter"
 MAPPED = {"engine": "engine", "tui": "tui", "models": "models"}  # steerchat.<name> -> folder (setup.py)
 
-# A real violation, reported rather than allowed: the TUI's default session factory opens the engine
-# itself. It should reach the engine only through engine.core (the cli could pass the factory in).
-KNOWN_BROKEN = {
-    "tui-engine-core-only": ["steerchat.tui.app -> steerchat.engine.runtime.session (l.32)"],
-}
-
 
 def _contracts() -> dict[str, str]:
     parser = configparser.ConfigParser()
@@ -81,24 +75,6 @@ def test_every_contract_is_in_the_report(report):
         _status(report, name)
 
 
-@pytest.mark.parametrize("key", [
-    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=f"known violation: {KNOWN_BROKEN[k]}"))
-    if k in KNOWN_BROKEN else k
-    for k in CONTRACTS
-])
+@pytest.mark.parametrize("key", sorted(CONTRACTS))
 def test_contract_is_kept(report, key):
     assert _status(report, CONTRACTS[key]) == "KEPT", report
-
-
-@pytest.mark.parametrize("key", sorted(KNOWN_BROKEN))
-def test_a_known_broken_contract_is_broken_only_by_the_known_imports(report, key):
-    """No new violation hides behind the expected failure above."""
-    name = CONTRACTS[key]
-    section = report.split("Broken contracts", 1)[-1]
-    start = section.find(f"\n{name}\n")
-    assert start >= 0, report
-    rest = section[start + len(name) + 2:]
-    following = [n for n in CONTRACTS.values() if n != name and f"\n{n}\n" in rest]
-    body = rest[: min(rest.find(f"\n{n}\n") for n in following)] if following else rest
-    seen = [line.strip().lstrip("-").strip() for line in body.splitlines() if " -> " in line]
-    assert seen == KNOWN_BROKEN[key], body

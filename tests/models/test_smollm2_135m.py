@@ -11,7 +11,7 @@ import torch
 from steerchat.engine.runtime.batch import generate_batch
 from steerchat.engine.core.datasets import load_prompts
 from steerchat.engine.core.levels import SafetySettings
-from steerchat.engine.runtime.session import open_session
+from steerchat.engine.runtime.steered import open_steered
 from tests.conftest import requires_starter
 
 pytestmark = [pytest.mark.slow, requires_starter]
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, requires_starter]
 def starter():
     n = torch.get_num_threads()
     torch.set_num_threads(2)
-    yield open_session("smollm2-135m")
+    yield open_steered("smollm2-135m")
     torch.set_num_threads(n)
 
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from steerchat.cli.main import open_engine_session
 from steerchat.engine.core.api import SamplingSettings
 from steerchat.engine.core.trace import TurnTrace
 from steerchat.tui import app as app_module
@@ -49,7 +50,8 @@ def test_run_chat_merges_config_and_flags(home, monkeypatch):
                     sae=self.config.sae, warning=self.config_warning)
 
     monkeypatch.setattr(SteerChatApp, "run", fake_run)
-    assert app_module.run_chat(model="smollm2-135m", sae=None, level=None, system=None) == 0
+    assert app_module.run_chat(model="smollm2-135m", sae=None, level=None, system=None,
+                               session_factory=lambda model, **kw: None) == 0
     assert seen == dict(model="smollm2-135m", level="Low", system="Be kind.", sae="auto", warning=None)
 
 
@@ -141,7 +143,8 @@ async def test_chat_on_the_starter_model(home, shared_models_cache, monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (home / "cache").mkdir(parents=True, exist_ok=True)
     (home / "cache" / "models").symlink_to(shared_models_cache, target_is_directory=True)
-    app = SteerChatApp(Config(model="smollm2-135m", sampling=SamplingSettings(max_new_tokens=12)))
+    app = SteerChatApp(Config(model="smollm2-135m", sampling=SamplingSettings(max_new_tokens=12)),
+                       session_factory=open_engine_session)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None, timeout=240, what="starter model load")
         await pilot.pause(0.1)
