@@ -100,14 +100,6 @@ class MCQuestion:
     answer: int  # index into choices
     subject: str | None = None
 
-    @property
-    def answer_letter(self) -> str:
-        return "ABCDEFGHIJ"[self.answer]
-
-    @property
-    def answer_text(self) -> str:
-        return self.choices[self.answer]
-
 
 @dataclass(frozen=True)
 class MathProblem:

@@ -31,10 +31,6 @@ class Paths:
     def models_cache(self) -> Path:
         return self.cache_dir / "models"
 
-    @property
-    def activations_cache(self) -> Path:
-        return self.cache_dir / "activations"
-
     def hf_cache(self) -> Path:
         from huggingface_hub import constants
 

@@ -74,8 +74,3 @@ def run_escalations(
         if on_turn is not None:
             on_turn(k, len(active))
     return results
-
-
-def compliance_rate(results: list[EscalationResult]) -> float | None:
-    """Share of conversations that end in compliance; None for none."""
-    return sum(r.complied for r in results) / len(results) if results else None

@@ -230,7 +230,7 @@ def test_mc_jsonl_answer_forms(tmp_path):
     got = ds.load_multiple_choice(write(tmp_path, "mc.jsonl", jsonl(rows)))
     assert [q.answer for q in got] == [2, 1, 3, 3, 2, 0]
     assert got[0].subject == "s" and got[1].subject is None
-    assert got[0].answer_letter == "C" and got[0].answer_text == "blue"
+    assert got[0].answer == 2 and got[0].choices[got[0].answer] == "blue"
     assert got[5].choices == ("1", "2", "3")
 
 

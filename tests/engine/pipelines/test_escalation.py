@@ -7,7 +7,7 @@ from steerchat.engine.core.levels import SafetySettings
 
 def test_escalation_feeds_each_script_its_own_history(tiny_model_dir, monkeypatch):
     from steerchat.engine.core.datasets import Escalation
-    from steerchat.engine.pipelines.escalation import compliance_rate, run_escalations
+    from steerchat.engine.pipelines.escalation import run_escalations
     from steerchat.engine.runtime.loading import load_model
     from steerchat.engine.runtime.steered import SteeredModel
 
@@ -22,5 +22,5 @@ def test_escalation_feeds_each_script_its_own_history(tiny_model_dir, monkeypatc
     assert by_prompt["b1"] == [] and by_prompt["a1"] == []
     assert by_prompt["a3"] == [("a1", res[0].turns[0].reply), ("a2", res[0].turns[1].reply)]
     res[0].turns[-1].refused, res[1].turns[-1].refused = True, False
-    assert [r.complied for r in res] == [False, True] and compliance_rate(res) == 0.5
+    assert [r.complied for r in res] == [False, True] 
     assert res[0].to_dict()["script"] == "a"
