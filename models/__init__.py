@@ -28,25 +28,45 @@ class ModelEntry:
     features: str = ""
     levels: str = ""
     notes: str = ""
+    # a published SAE, downloaded in its publisher's layout (engine/runtime/sae_formats.py)
+    sae_repo: str = ""      # Hugging Face repo id
+    sae_hub_path: str = ""  # folder inside the repo; {layer} is replaced by hook_layer
+    sae_format: str = ""    # saelens, gemma-scope-2 or llama-scope
+    prepared: bool = False  # made by `steerchat prepare` (lives under the user data folder)
 
-    def _artifact(self, rel: str) -> Path | None:
-        if not rel:
-            return None
-        path = MODELS_DIR / rel
+    @property
+    def user_dir(self) -> Path:
+        """<data>/models/<name>: where `steerchat prepare` and published-SAE downloads put this
+        model's SAE, features.json, labels.json and levels.json."""
+        return user_models_dir() / self.name
+
+    def _artifact(self, rel: str, fallback: str) -> Path | None:
+        if rel:
+            path = MODELS_DIR / rel
+            if path.exists():
+                return path
+        path = self.user_dir / fallback
         return path if path.exists() else None
 
     @property
     def sae_path(self) -> Path | None:
-        return self._artifact(self.sae)
+        return self._artifact(self.sae, "sae")
 
     @property
     def features_path(self) -> Path | None:
-        return self._artifact(self.features)
+        return self._artifact(self.features, "features.json")
 
     @property
     def levels_path(self) -> Path | None:
-        """Where calibrated levels are read from (and written to, by `steerchat eval --calibrate`)."""
-        return MODELS_DIR / self.levels if self.levels else None
+        """Where calibrated levels are read from (and written to, by `steerchat eval --calibrate`):
+        the shipped file, else the user data folder's (for prepared models)."""
+        if self.levels:
+            return MODELS_DIR / self.levels
+        return self.user_dir / "levels.json"
+
+    @property
+    def has_published_sae(self) -> bool:
+        return bool(self.sae_repo)
 
     @property
     def is_gguf_wheel(self) -> bool:
@@ -59,6 +79,34 @@ def registry() -> dict[str, ModelEntry]:
     return {name: ModelEntry(name=name, **fields) for name, fields in data.items()}
 
 
+def user_models_dir() -> Path:
+    """<data>/models: prepared models and downloaded published SAEs."""
+    from steerchat.engine.core.paths import get_paths  # plain data, no torch
+
+    return get_paths().data_dir / "models"
+
+
+PREPARED_ENTRY = "model.toml"
+
+
+def prepared_entry(name: str) -> ModelEntry | None:
+    """A model made steerable by `steerchat prepare` (<data>/models/<name>/model.toml), or None."""
+    path = user_models_dir() / name / PREPARED_ENTRY
+    if not path.is_file():
+        return None
+    try:
+        fields = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    known = set(ModelEntry.__dataclass_fields__) - {"name"}
+    return ModelEntry(name=name, **{k: v for k, v in fields.items() if k in known})
+
+
 def get_entry(name: str) -> ModelEntry | None:
-    """The registry entry called `name` (case-insensitive), or None."""
-    return registry().get(name.lower())
+    """The registry entry called `name` (case-insensitive), else a prepared model's, or None."""
+    entry = registry().get(name.lower())
+    if entry is not None:
+        return entry
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    return prepared_entry(name.lower())

@@ -24,10 +24,16 @@ from steerchat.engine.core.levels import LevelScale, SafetySettings, guidance_te
 from steerchat.engine.runtime.adapters import attach_adapter
 from steerchat.engine.runtime.loading import LoadedModel, load_model
 from steerchat.engine.runtime.sae import SAE
+from steerchat.engine.runtime.sae_formats import install_published, load_folder, published_for
 from steerchat.engine.runtime.steering import ClampRequest, FeatureGate, SteeringHook
 
 Messages = list[dict[str, str]]
 History = list[tuple[str, str]]
+
+
+# a prompt longer than this many characters per token of context is refused untokenised
+# (no tokenizer packs 8 characters into a token on ordinary text)
+CHARS_PER_TOKEN_MAX = 8
 
 
 @dataclass
@@ -156,12 +162,34 @@ class SteeredModel:
             rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
             return tok.apply_chat_template(rest, add_generation_prompt=add_generation_prompt, tokenize=False)
 
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens the model attends over (its config's max_position_embeddings), if it says."""
+        n = getattr(getattr(self.loaded.model, "config", None), "max_position_embeddings", None)
+        return n if isinstance(n, int) and n > 0 else None
+
     def prepare(self, history: History, user_text: str, settings: SafetySettings,
-                system_prompt: str | None = None) -> PreparedPrompt:
-        """Token ids of the rendered conversation and a mask of the new user message's tokens."""
+                system_prompt: str | None = None, reserve: int = 0) -> PreparedPrompt:
+        """Token ids of the rendered conversation and a mask of the new user message's tokens.
+
+        Raises EngineError, before any generation, when the conversation and `reserve` tokens
+        for the reply do not fit the model's context; a text far too long (more than
+        CHARS_PER_TOKEN_MAX characters a token of context) is refused before it is tokenised."""
         messages, guidance = self.build_messages(history, user_text, settings, system_prompt)
         rendered = self.render(messages)
+        context = self.context_length
+        if context and len(rendered) > CHARS_PER_TOKEN_MAX * context:
+            raise EngineError(
+                f"the conversation is far too long for {self.model_name}: {len(rendered):,} characters, and its "
+                f"context holds {context:,} tokens; shorten the message, the system prompt or the chat")
         enc = self.loaded.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+        n_tokens = len(enc["input_ids"])
+        if context and n_tokens + reserve > context:
+            room = f" plus {reserve:,} for the reply" if reserve else ""
+            raise EngineError(
+                f"the conversation is too long for {self.model_name}: {n_tokens:,} tokens{room} is more than its "
+                f"context of {context:,} tokens; shorten the message, the system prompt or the chat"
+                + (", or ask for a shorter reply (--max-tokens)" if reserve else ""))
         device = self.loaded.device
         ids = torch.tensor([enc["input_ids"]], device=device)
         start = rendered.rfind(user_text)
@@ -185,13 +213,19 @@ def split_sae_spec(spec: str | None) -> tuple[str | None, int | None]:
     return spec, None
 
 
-def resolve_sae(spec: str | None, loaded: LoadedModel) -> Path | None:
-    """The SAE folder for `spec`: "auto" means the registry's shipped SAE, None/"none" means no SAE."""
+def resolve_sae(spec: str | None, loaded: LoadedModel, progress: ProgressCallback | None = None) -> Path | None:
+    """The SAE folder for `spec`: "auto" means the registry's shipped or prepared SAE (a published
+    one is downloaded and converted on first use), None/"none" means no SAE."""
     spec, _ = split_sae_spec(spec)
     if spec is None or spec.lower() == "none":
         return None
     if spec == "auto":
-        return loaded.entry.sae_path if loaded.entry else None
+        if loaded.entry is None:
+            return None
+        if loaded.entry.sae_path is None and loaded.entry.has_published_sae:
+            pub = published_for(loaded.entry)
+            return install_published(pub, loaded.entry.name, progress=progress) if pub else None
+        return loaded.entry.sae_path
     return Path(spec).expanduser()
 
 
@@ -218,7 +252,7 @@ def load_sae_for(loaded: LoadedModel, folder: Path, progress: ProgressCallback |
     overrides the one its config gives)."""
     if progress:
         progress(LoadProgress("sae", f"Loading SAE {folder.name}"))
-    sae = SAE.load(folder, device=loaded.device, expect_d_in=loaded.d_model, layer=layer)
+    sae = load_folder(folder, device=loaded.device, expect_d_in=loaded.d_model, layer=layer)
     if sae.cfg.hook_layer >= loaded.num_layers:
         raise EngineError(f"{folder}: hook layer {sae.cfg.hook_layer} does not exist; {loaded.name} has "
                           f"{loaded.num_layers} decoder layers")
@@ -234,7 +268,7 @@ def open_steered(model: str = "phi-3-mini", *, sae: str | None = "auto", adapter
     if adapter:
         loaded.model, adapter_name = attach_adapter(loaded.model, adapter)
     sae_obj, features = None, None
-    folder = resolve_sae(sae, loaded)
+    folder = resolve_sae(sae, loaded, progress)
     if folder is not None:
         sae_obj = load_sae_for(loaded, folder, progress, layer=split_sae_spec(sae)[1])
         path = features_path(folder, loaded)
