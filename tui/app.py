@@ -6,6 +6,9 @@ factory), so importing this module never imports torch. Tests inject a fake fact
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -19,6 +22,7 @@ from steerchat.engine.core.levels import DEFAULT_LEVELS
 from steerchat.engine.core.paths import get_paths
 from steerchat.tui.config import Config, load_config, merge_overrides, save_config
 from steerchat.tui.sanitize import sanitize
+from steerchat.tui.terminal_input import safe_driver_class
 from steerchat.tui.screens.chat import ChatScreen
 from steerchat.tui.screens.loading import LoadingScreen
 from textual import work
@@ -27,7 +31,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 
-from steerchat.store import Store
+from steerchat.store import Store, open_store
 
 SessionFactory = Callable[..., ChatSession]
 
@@ -76,11 +80,17 @@ class SteerChatApp(App[int]):
         config_file: Path | None = None,
         export_dir: Path | None = None,
     ) -> None:
-        super().__init__()
+        # Pastes arrive as inert text and stray bytes as U+FFFD (see tui/terminal_input.py).
+        super().__init__(driver_class=safe_driver_class())
         self.config = config or Config()
         self.session_factory = session_factory or default_session_factory
         paths = get_paths()
-        self.store = store or Store(paths.history_db)
+        self.store_warning: str | None = None
+        if store is None:
+            # A damaged, locked or read-only history never stops the app: open_store moves a
+            # damaged file aside or falls back to memory and says so in one line.
+            store, self.store_warning = open_store(paths.history_db)
+        self.store = store
         self.config_warning = config_warning
         self.config_file = config_file
         self.export_dir = export_dir or paths.data_dir / "exports"
@@ -90,10 +100,20 @@ class SteerChatApp(App[int]):
         if self.config.theme in self.available_themes:
             self.theme = self.config.theme
 
+    def run(self, *args, loop: asyncio.AbstractEventLoop | None = None, **kwargs):
+        """App.run on a loop of our own (kept in `own_loop`): asyncio.run() would join the
+        default executor's threads on the way out, so Ctrl+Q while a thread worker is busy in
+        the engine would blank the screen and hang; `run_chat` decides after the run instead."""
+        if loop is None:
+            loop = self.own_loop = asyncio.new_event_loop()
+        return super().run(*args, loop=loop, **kwargs)
+
     def get_default_screen(self) -> Screen:
         return self.chat_screen
 
     def on_mount(self) -> None:
+        if self.store_warning:
+            self.notify(sanitize(self.store_warning), severity="warning", timeout=12, markup=False)
         if self.store.recovered:
             self.notify(f"{self.store.recovered} reply cut off by a crash was saved as interrupted.", timeout=6)
         self.load_model(self.config.model)
@@ -261,4 +281,21 @@ def run_chat(
     app = SteerChatApp(config, config_warning=warning, config_file=config_file)
     app.run()
     app.store.close()
-    return app.return_code or 0
+    if app.store.unsaved_file is not None:
+        print(f"steerchat: the history database stayed busy; unsaved writes are in {app.store.unsaved_file}")
+    code = app.return_code or 0
+    loop = getattr(app, "own_loop", None)
+    if loop is not None:
+        try:
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), 2.0))
+            busy = False
+        except (asyncio.TimeoutError, RuntimeError):
+            busy = True
+        if busy:
+            # A worker still busy in the engine (a huge prompt being tokenised, a load) cannot
+            # be interrupted from Python; Ctrl+Q must still end the process rather than hang.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        loop.close()
+    return code

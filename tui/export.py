@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from steerchat.engine.core.trace import FeatureStat, TurnTrace
-from steerchat.tui.sanitize import sanitize
+from steerchat.tui.sanitize import escape_controls, one_line
 
 from steerchat.store import ChatRow, MessageRow, Store
 
@@ -46,28 +46,48 @@ def _trace(row: MessageRow) -> TurnTrace | None:
         return None  # a trace from an incompatible version: export the text anyway
 
 
+def _line(text: str) -> str:
+    """One line of our own structure (title, labels): no newline, no control, no Markdown markup."""
+    flat = one_line(text, 10_000)
+    return re.sub(r"([\\`\[\]<>])", r"\\\1", flat)  # no links, HTML or code spans
+
+
+def fenced(text: str) -> str:
+    """Message text as an inert fenced block that keeps every character.
+
+    The fence is longer than any run of backticks in the text, so no line of it can close
+    the block and forge a heading ("## Assistant ...") or any other structure; control
+    characters (C0, C1, bidi) are written as visible ⟨U+XXXX⟩, nothing is replaced.
+    """
+    body = escape_controls(text.replace("\r\n", "\n"))
+    longest = max((len(run) for run in re.findall(r"`+", body)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{body}\n{fence}"
+
+
 def chat_to_markdown(chat: ChatRow, messages: list[MessageRow]) -> str:
-    """The chat as Markdown; control characters in the text are made visible."""
+    """The chat as Markdown; each message's text is fenced (inert) with its controls made visible."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(chat.created))
-    lines = [f"# {sanitize(chat.title)}", "", f"Model: {chat.model} · SAE: {chat.sae or 'none'} · {when}", ""]
+    lines = [f"# {_line(chat.title)}", "",
+             f"Model: {_line(chat.model)} · SAE: {_line(chat.sae or 'none')} · {when}", ""]
     for row in messages:
         if row.role == "user":
-            lines += ["## You", "", sanitize(row.content), ""]
+            lines += ["## You", "", fenced(row.content), ""]
             continue
         trace = _trace(row)
-        head = f"## Assistant (level: {level_label(row.level, trace)}"
+        head = f"## Assistant (level: {_line(level_label(row.level, trace))}"
         if row.status != "ok":
             head += f", {row.status}"
         if row.flagged_bad:
             head += ", flagged bad"
-        lines += [head + ")", "", sanitize(row.content), ""]
+        lines += [head + ")", "", fenced(row.content), ""]
         if trace:
             if trace.verdict is not None:
                 lines.append(f"- Judge: {'refusal' if trace.verdict.refused else 'answer'} (score {trace.verdict.score:.2f})")
             for span, stats in (("prompt", trace.prompt_features), ("reply", trace.reply_features)):
                 if stats:
                     tops = ", ".join(f"{_feature_name(s)} ({s.max:.1f})" for s in top_features(stats))
-                    lines.append(f"- Top {span} features: {sanitize(tops)}")
+                    lines.append(f"- Top {span} features: {_line(tops)}")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -23,6 +23,31 @@ def _picture(match: re.Match[str]) -> str:
     return "\ufffd"  # C1 controls have no picture
 
 
+# Bidirectional formatting controls (LRM/RLM, embeddings, overrides, isolates, ALM): in a
+# list row an RLO (U+202E) reverses what follows it and shifts the columns.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Everything `escape_controls` writes as a code point: C0 but tab and newline, DEL, C1, bidi.
+_ESCAPED = re.compile("[\x00-\x08\x0b-\x1f\x7f\x80-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _codepoint(match: re.Match[str]) -> str:
+    return f"\u27e8U+{ord(match.group()):04X}\u27e9"  # ⟨U+202E⟩
+
+
+def no_bidi(text: str) -> str:
+    """`text` with every bidi control shown as its code point (⟨U+202E⟩), so it cannot reorder a row."""
+    return _BIDI.sub(_codepoint, text)
+
+
+def escape_controls(text: str) -> str:
+    """Every control character but newline and tab (C0, DEL, C1, bidi) as a visible ⟨U+XXXX⟩.
+
+    Unlike `sanitize` nothing is merged or replaced by U+FFFD, so each character can be read
+    back from the result (exports).
+    """
+    return _ESCAPED.sub(_codepoint, text)
+
+
 def sanitize(text: str) -> str:
     """Return `text` with every control character except newline and tab made visible."""
     if not text:
@@ -33,5 +58,5 @@ def sanitize(text: str) -> str:
 
 def one_line(text: str, limit: int = 60) -> str:
     """A sanitised single-line preview (titles, list rows), cut to `limit` characters."""
-    flat = " ".join(sanitize(text).split())
+    flat = " ".join(no_bidi(sanitize(text)).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -22,7 +22,7 @@ def _saved_chat(tmp_path):
 def test_markdown_has_level_verdict_and_top_features(tmp_path):
     store, chat, _ = _saved_chat(tmp_path)
     text = chat_to_markdown(store.chat(chat), store.messages(chat))
-    assert "## You\n\nhow do I make a bomb" in text
+    assert "## You\n\n```text\nhow do I make a bomb\n```" in text  # message text is fenced, inert
     assert "## Assistant (level: Medium)" in text
     assert "- Judge: refusal (score 0.93)" in text
     assert "- Top prompt features: #4021 weapons and explosives (9.5)" in text

@@ -72,17 +72,20 @@ class ChatScreen(Screen):
     """
 
     class Token(Message):
-        def __init__(self, view: AssistantMessage, piece: str) -> None:
+        def __init__(self, view: AssistantMessage, piece: str, turn: int = 0) -> None:
             super().__init__()
             self.view = view
             self.piece = piece
+            self.turn = turn
 
     class TurnDone(Message):
-        def __init__(self, view: AssistantMessage, trace: TurnTrace | None, error: str | None) -> None:
+        def __init__(self, view: AssistantMessage, trace: TurnTrace | None, error: str | None,
+                     turn: int = 0) -> None:
             super().__init__()
             self.view = view
             self.trace = trace
             self.error = error
+            self.turn = turn
 
     def __init__(self, store: Store) -> None:
         super().__init__()
@@ -93,6 +96,7 @@ class ChatScreen(Screen):
         self.selected: AssistantMessage | None = None
         self.cancel_event = threading.Event()
         self._last_save = 0.0
+        self._turn = 0  # counts turns started; a turn stopped before its first token is let go
 
     def compose(self) -> ComposeResult:
         yield Static(Text("steerchat · loading…"), id="status")
@@ -182,6 +186,7 @@ class ChatScreen(Screen):
         self.update_status()
 
     def _begin(self, view: AssistantMessage) -> None:
+        self._turn += 1
         self.streaming = view
         self.cancel_event = threading.Event()
         self._last_save = time.monotonic()
@@ -190,16 +195,24 @@ class ChatScreen(Screen):
 
     @work(thread=True, exclusive=True, group="reply")
     def _run_turn(self, view: AssistantMessage, call) -> None:
+        turn = self._turn
         try:
-            trace = call(lambda piece: self.post_message(self.Token(view, piece)), self.cancel_event)
+            trace = call(lambda piece: self.post_message(self.Token(view, piece, turn)), self.cancel_event)
         except EngineError as exc:
-            self.post_message(self.TurnDone(view, None, str(exc)))
+            self.post_message(self.TurnDone(view, None, str(exc), turn))
         except Exception as exc:  # an engine bug must not kill the UI or lose the partial reply
-            self.post_message(self.TurnDone(view, None, f"{type(exc).__name__}: {exc}"))
+            self.post_message(self.TurnDone(view, None, f"{type(exc).__name__}: {exc}", turn))
         else:
-            self.post_message(self.TurnDone(view, trace, None))
+            self.post_message(self.TurnDone(view, trace, None, turn))
+
+    def _stale(self, message: Token | TurnDone) -> bool:
+        # A turn the user stopped before its first token was settled at once; what its
+        # worker reports afterwards (it may take long to notice the stop) is dropped.
+        return message.turn != self._turn or message.view is not self.streaming
 
     async def on_chat_screen_token(self, message: Token) -> None:
+        if self._stale(message):
+            return
         await message.view.write(message.piece)
         now = time.monotonic()
         if now - self._last_save >= SAVE_EVERY_S and message.view.message_id is not None:
@@ -207,9 +220,12 @@ class ChatScreen(Screen):
             self.store.update_message(message.view.message_id, content=message.view.text)
 
     async def on_chat_screen_turn_done(self, message: TurnDone) -> None:
+        if self._stale(message):
+            return
         view, trace = message.view, message.trace
         if trace is None:
             status, text = "error", view.text
+            view.error = message.error  # shown on the turn itself, not only in a toast
             self.notify(f"The reply failed: {sanitize(message.error)}", severity="error", timeout=8, markup=False)
         else:
             status = "error" if trace.error else "stopped" if trace.stopped else "ok"
@@ -267,9 +283,21 @@ class ChatScreen(Screen):
         turns = self._turns()
         return self.selected if self.selected in turns else (turns[-1] if turns else None)
 
-    def action_cancel(self) -> None:
-        if self.streaming is not None:
-            self.cancel_event.set()
+    async def action_cancel(self) -> None:
+        view = self.streaming
+        if view is None:
+            return
+        self.cancel_event.set()
+        if not view.text:
+            # Nothing streamed yet: the engine may still be preparing a huge prompt and see
+            # the stop only much later, so the turn is settled now and its worker let go.
+            self._turn += 1
+            self.streaming = None
+            await view.finish(None, "stopped", "")
+            if view.message_id is not None:
+                self.store.update_message(view.message_id, content="", status="stopped")
+            self.refresh_bindings()
+            self.select(view)
 
     async def action_regenerate(self) -> None:
         turns = self._turns()
@@ -338,18 +366,25 @@ class ChatScreen(Screen):
         self.selected = None
         views: list = []
         prompt = ""
+        dropped = 0
         if chat_id is not None:
             for row in self.store.messages(chat_id):
                 if row.role == "user":
                     prompt = row.content
                     views.append(UserMessage(row.content, row.id))
                     continue
-                trace = TurnTrace.from_json(row.trace_json) if row.trace_json else None
+                try:
+                    trace = TurnTrace.from_json(row.trace_json) if row.trace_json else None
+                except Exception:  # damaged or from an incompatible version: show the text anyway
+                    trace, dropped = None, dropped + 1
                 views.append(AssistantMessage(
                     prompt, sum(isinstance(v, AssistantMessage) for v in views), row.level or "?",
                     message_id=row.id, text=row.content, status=row.status, trace=trace, flagged=row.flagged_bad,
                 ))
         await log.mount_all(views)
+        if dropped:
+            self.notify(f"{dropped} saved trace{'s' if dropped > 1 else ''} could not be read and "
+                        f"{'were' if dropped > 1 else 'was'} dropped; the text is shown.", severity="warning")
         if self.session is not None:
             self.session.set_history(self._history())
         turns = self._turns()

@@ -66,7 +66,8 @@ class ChatListScreen(ModalScreen[int | None]):
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(chat.updated))
             row = Text(f"{one_line(chat.title, 40):<40} ", style="bold" if chat.id == self.current else "",
                        no_wrap=True, overflow="ellipsis")
-            row.append(f"{chat.messages:>3} msgs  {when}  {chat.model}", style="dim")
+            # one_line: control characters and bidi overrides (U+202E) cannot shift the columns.
+            row.append(f"{chat.messages:>3} msgs  {when}  {one_line(chat.model, 40)}", style="dim")
             listing.add_option(Option(row, id=str(chat.id)))
         if listing.option_count:
             listing.highlighted = min(keep or 0, listing.option_count - 1)

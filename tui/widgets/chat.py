@@ -17,6 +17,7 @@ from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
 
 NEWLINE_KEYS = ("shift+enter", "ctrl+j")
+MAX_INPUT_CHARS = 100_000  # far above any model's context; a bigger paste is cut, with a notice
 
 
 class PromptInput(TextArea):
@@ -28,7 +29,28 @@ class PromptInput(TextArea):
             self.prompt = prompt
             self.text = text
 
+    async def _on_paste(self, event: events.Paste) -> None:
+        """Insert a paste as literal text, cut to what the prompt may hold (with a notice)."""
+        event.stop()
+        event.prevent_default()
+        if self.read_only:
+            return
+        room = MAX_INPUT_CHARS - len(self.text) + len(self.selected_text)
+        text = event.text
+        if len(text) > room:
+            self.notify(f"The paste was cut to {max(room, 0):,} of its {len(text):,} characters "
+                        f"(the prompt holds at most {MAX_INPUT_CHARS:,}).", severity="warning", timeout=8)
+            text = text[: max(room, 0)]
+        if text and (result := self._replace_via_keyboard(text, *self.selection)):
+            self.move_cursor(result.end_location)
+            self.focus()
+
     async def _on_key(self, event: events.Key) -> None:
+        if event.is_printable and len(self.text) >= MAX_INPUT_CHARS and not self.selected_text:
+            event.stop()
+            event.prevent_default()
+            self.notify(f"The prompt holds at most {MAX_INPUT_CHARS:,} characters.", severity="warning")
+            return
         if event.key == "enter":
             event.stop()
             event.prevent_default()
@@ -106,6 +128,7 @@ class AssistantMessage(Vertical, can_focus=True):
         self.status = status
         self.trace = trace
         self.flagged = flagged
+        self.error: str | None = None  # why the turn failed when there is no trace to say it
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
@@ -140,6 +163,8 @@ class AssistantMessage(Vertical, can_focus=True):
             head.append("  ⛔ refused · F3 why", style="bold red")
         if self.trace and self.trace.error:
             head.append(f"  {sanitize(self.trace.error)}", style="red")
+        elif self.error:
+            head.append(f"  {sanitize(self.error)}", style="red")
         if self.flagged:
             head.append("  ⚑ flagged bad", style="bold yellow")
         return head
