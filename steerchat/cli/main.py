@@ -81,3 +81,52 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    except KeyboardInterrupt:
+        print("\nsteerchat: stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, never a traceback (unless STEERCHAT_DEBUG asks for one)
+        return report_error(exc)
+
+
+DEBUG_ENV = "STEERCHAT_DEBUG"  # set to 1 to see the full traceback of an unexpected error
+
+
+def error_message(exc: BaseException) -> str | None:
+    """The one-line text of an expected fault (bad input, a file that cannot be read or
+    written), or None for an unexpected one."""
+    from steerchat.cli.checks import CLIError
+    from steerchat.engine.core.api import EngineError
+    from steerchat.engine.core.levels import LevelError
+
+    if isinstance(exc, (CLIError, EngineError, LevelError)):
+        text = str(exc)
+    elif isinstance(exc, UnicodeDecodeError):
+        text = f"not valid UTF-8 text ({exc.reason} at byte {exc.start + 1})"
+    elif isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror or exc}"
+    elif isinstance(exc, ValueError):
+        text = str(exc)
+    else:
+        return None
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def report_error(exc: BaseException) -> int:
+    """Print `exc` as one `steerchat: ...` line on stderr and return exit status 1."""
+    import os
+
+    if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+        raise exc
+    text = error_message(exc)
+    if text is None:
+        tb, where = exc.__traceback__, ""
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None:
+            where = f" in {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
+        detail = " ".join(str(exc).split())
+        text = (f"unexpected error{where}: {type(exc).__name__}" + (f": {detail}" if detail else "")
+                + f"; run again with {DEBUG_ENV}=1 to see the full traceback")
+    print(f"steerchat: {text}", file=sys.stderr)
+    return 1
