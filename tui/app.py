@@ -36,15 +36,9 @@ from steerchat.store import Store, open_store
 SessionFactory = Callable[..., ChatSession]
 
 
-def default_session_factory(model: str, **kwargs) -> ChatSession:
-    """Open a real engine session; torch is imported here, in the loading worker."""
-    from steerchat.engine.runtime.session import open_session
-
-    return open_session(model, **kwargs)
-
-
 class SteerChatApp(App[int]):
-    """The chat app. `session_factory` has `engine.runtime.session.open_session`'s signature."""
+    """The chat app. `session_factory` has `engine.runtime.session.open_session`'s signature; the
+    command line passes the real one (so the UI never imports the engine's runtime), tests a fake."""
 
     TITLE = "steerchat"
     CSS_PATH = "app.tcss"
@@ -83,7 +77,9 @@ class SteerChatApp(App[int]):
         # Pastes arrive as inert text and stray bytes as U+FFFD (see tui/terminal_input.py).
         super().__init__(driver_class=safe_driver_class())
         self.config = config or Config()
-        self.session_factory = session_factory or default_session_factory
+        if session_factory is None:
+            raise TypeError("SteerChatApp needs a session_factory (steerchat.cli.main.open_engine_session)")
+        self.session_factory = session_factory
         paths = get_paths()
         self.store_warning: str | None = None
         if store is None:
@@ -270,6 +266,8 @@ def run_chat(
     system: str | None = None,
     adapter: str | None = None,
     quant: str | None = None,
+    *,
+    session_factory: SessionFactory,
 ) -> int:
     """Load config.toml, apply the CLI overrides (None keeps the config value), run the app.
 
@@ -278,7 +276,7 @@ def run_chat(
     config_file = get_paths().config_file
     config, warning = load_config(config_file)
     config = merge_overrides(config, model=model, sae=sae, level=level, system=system, adapter=adapter, quant=quant)
-    app = SteerChatApp(config, config_warning=warning, config_file=config_file)
+    app = SteerChatApp(config, session_factory=session_factory, config_warning=warning, config_file=config_file)
     app.run()
     app.store.close()
     if app.store.unsaved_file is not None:
