@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -292,6 +293,77 @@ def next_token_loss(sae: SAE, loaded, folder: Path, manifest: Manifest, shards: 
             "ce_docs": len(doc_ids), "ce_tokens": count}
 
 
+# ------------------------------------------------------------------ data parallel
+
+
+class DataParallel:
+    """Data-parallel training over torch.distributed: one process per device, launched by
+    `torchrun --nproc-per-node N -m steerchat sae train ...` (its RANK/WORLD_SIZE/LOCAL_RANK/
+    MASTER_ADDR variables are read here; nothing changes for a plain one-process run).
+
+    Every rank reads the same global batch (a pure function of seed and step) and trains on
+    its own contiguous slice of it; the model is wrapped in DistributedDataParallel, which
+    averages gradients, so every rank takes the same Adam step on identical parameters. The
+    dead-latent counters are kept identical by all-reducing which latents fired. Only rank 0
+    writes checkpoints, the SAE and the report."""
+
+    def __init__(self, device: str):
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.started_here = False
+        if self.world > 1 and not dist.is_initialized():
+            cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+            if cuda:
+                torch.cuda.set_device(self.local_rank)
+            dist.init_process_group("nccl" if cuda else "gloo")
+            self.started_here = True
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: str) -> torch.device:
+        if self.active and device in ("auto", "cuda") and torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                            else ("cpu" if device == "auto" else device))
+
+    def check_batch(self, batch_size: int) -> None:
+        if self.active and batch_size % self.world:
+            raise EngineError(f"--batch-size {batch_size} does not split evenly over {self.world} processes; "
+                              f"use a multiple of {self.world}")
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a global batch."""
+        if not self.active:
+            return x
+        n = x.shape[0] // self.world
+        return x[self.rank * n : (self.rank + 1) * n]
+
+    def fired_anywhere(self, fired: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return fired
+        flags = fired.to(torch.int32)
+        self.dist.all_reduce(flags, op=self.dist.ReduceOp.MAX)
+        return flags.bool()
+
+    def barrier(self) -> None:
+        if self.active:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.started_here and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -302,9 +374,20 @@ def train(cfg: TrainConfig, activations: str | Path, out: str | Path, device: st
 
     `stop_at` ends the run early at that step after checkpointing (for tests of resuming).
     """
+    par = DataParallel(device)
+    try:
+        return _train(cfg, activations, out, device, model, eval_docs, save_dtype, command, stop_at, progress, par)
+    finally:
+        par.close()
+
+
+def _train(cfg: TrainConfig, activations: str | Path, out: str | Path, device: str, model: str | None,
+           eval_docs: int, save_dtype: str, command: str, stop_at: int | None, progress: bool,
+           par: DataParallel) -> dict:
     folder, out = Path(activations), Path(out)
     manifest = Manifest.load(folder)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    par.check_batch(cfg.batch_size)
+    dev = par.device(device)
     train_shards, held = split_shards(len(manifest.shards), cfg.holdout)
     d_in = manifest.d_in
     aux_k = cfg.aux_k or d_in // 2
@@ -324,17 +407,22 @@ def train(cfg: TrainConfig, activations: str | Path, out: str | Path, device: st
             first = next(iter(BatchStream(folder, manifest, train_shards, min(cfg.batch_size * _MEAN_INIT_BATCHES, _MEAN_INIT_MAX_TOKENS), cfg.seed + 1,
                                           cfg.shards_per_group).batches()))
             trainer.b_dec.copy_((first / scale).mean(0).to(dev))
+    net: torch.nn.Module = trainer
+    if par.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(trainer, device_ids=[dev.index] if dev.type == "cuda" else None)
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc="training SAE", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc="training SAE", unit="step", disable=not progress or not par.is_main)
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     batches = stream.batches(step)
     fvu = l0 = 0.0
     while step < end:
-        x = next(batches).to(dev) / scale
+        x = par.local(next(batches)).to(dev) / scale
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         dead = idle >= cfg.dead_tokens
-        x_hat, idx, vals, mse, aux = trainer(x, dead, aux_k)
+        x_hat, idx, vals, mse, aux = net(x, dead, aux_k)
         loss = mse + cfg.aux_coef * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -342,8 +430,14 @@ def train(cfg: TrainConfig, activations: str | Path, out: str | Path, device: st
         opt.step()
         trainer.normalise_decoder()
         with torch.no_grad():
-            idle += x.shape[0]
-            idle[idx[vals > 0]] = 0
+            if par.active:  # every rank counts the global batch and zeroes what fired on any rank
+                idle += x.shape[0] * par.world
+                fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=dev)
+                fired[idx[vals > 0]] = True
+                idle[par.fired_anywhere(fired)] = 0
+            else:
+                idle += x.shape[0]
+                idle[idx[vals > 0]] = 0
         step += 1
         if step % 10 == 0 or step == end:
             with torch.no_grad():
@@ -352,9 +446,10 @@ def train(cfg: TrainConfig, activations: str | Path, out: str | Path, device: st
             bar.set_postfix(loss=f"{loss.item():.3f}", fvu=f"{fvu:.3f}", L0=f"{l0:.1f}",
                             dead=f"{float(dead.float().mean()):.3f}")
         bar.update(1)
-        if step % cfg.checkpoint_every == 0 or step == end:
+        if (step % cfg.checkpoint_every == 0 or step == end) and par.is_main:
             _save_checkpoint(ckpt, trainer, opt, idle, step, meta)
     bar.close()
+    par.barrier()  # rank 0's checkpoint is on disk before anyone moves on
     train_s = time.perf_counter() - t0
 
     sae_cfg = SAEConfig(d_in=d_in, d_sae=cfg.d_sae, architecture="topk", k=cfg.k,
@@ -363,7 +458,9 @@ def train(cfg: TrainConfig, activations: str | Path, out: str | Path, device: st
     sae = trainer.to_sae(sae_cfg).cpu()
     report: dict = {"steps": step, "train_tokens": step * cfg.batch_size, "train_seconds": round(train_s, 1),
                     "dead_fraction": round(float((idle >= cfg.dead_tokens).float().mean()), 4)}
-    if stop_at is not None and step < cfg.steps:
+    if par.active:
+        report["processes"] = par.world
+    if (stop_at is not None and step < cfg.steps) or not par.is_main:
         return report
     sae.save(out, dtype={"float16": torch.float16, "float32": torch.float32}[save_dtype])
     final = SAE.load(out)  # evaluate what was written, in the dtype it was written

@@ -8,6 +8,7 @@ is imported when a command runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -67,7 +68,9 @@ def register(sub) -> None:
     t = sae_sub.add_parser("train", help="train a Top-k SAE on collected activations",
                            description="Train a Top-k SAE (aux-k loss, unit decoder rows, Adam with warm-up and "
                            "decay) and write an SAELens-layout folder. Resumes from the checkpoint in --out. "
-                           "With source flags and an empty --activations folder it collects first.")
+                           "With source flags and an empty --activations folder it collects first. "
+                           "On several GPUs (data parallel, gradients all-reduced): "
+                           "torchrun --nproc-per-node N -m steerchat sae train ... (collect first, in one process).")
     t.add_argument("--activations", required=True, help="folder written by `steerchat sae collect`")
     t.add_argument("--out", required=True, help="output SAE folder (cfg.json, sae_weights.safetensors)")
     t.add_argument("--preset", choices=sorted(PRESETS), help="paper-phi3: Phi-3 Mini, layer 6, 24576 latents, k=32, batch 4096, 30M tokens, on CUDA "
@@ -165,6 +168,9 @@ def run_train(args: argparse.Namespace) -> int:
                 raise EngineError("training on cuda (as --preset paper-phi3 does) needs a CUDA GPU, and none is visible")
         act = Path(args.activations)
         manifest = Manifest.load(act) if (act / MANIFEST).is_file() else None
+        if os.environ.get("WORLD_SIZE", "1") != "1" and (manifest is None or not manifest.complete):
+            raise EngineError(f"{act}: under torchrun the activations must already be collected; run "
+                              "`steerchat sae collect` (one process) first")
         if manifest is None or not manifest.complete:
             cfg = _collect_config(args, model, args.layer if args.layer is not None else preset.get("layer"), preset)
             if not cfg.sources and manifest is None:
@@ -184,6 +190,8 @@ def run_train(args: argparse.Namespace) -> int:
     except EngineError as exc:
         print(f"steerchat: {exc}", file=sys.stderr)
         return 1
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes and reports
+        return 0
     for key, value in report.items():
         if not isinstance(value, (dict, list)):
             print(f"{key:>22}: {value}")
