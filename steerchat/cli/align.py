@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from steerchat.cli.checks import fraction, nonneg_int, output_folder, positive_float, positive_int, seed
 from steerchat.engine.core.config import FinetuneConfig, Plan
 
 ALIGN_STAGES = ("induce", "analyse", "dataset", "finetune", "run")
@@ -40,7 +41,7 @@ def register(sub) -> None:
         if name in ("induce", "run"):
             _induce_args(s)
         if name in ("analyse", "run"):
-            s.add_argument("--analysis-tokens", type=int, default=Plan.analysis_tokens,
+            s.add_argument("--analysis-tokens", type=positive_int, default=Plan.analysis_tokens,
                            help=f"longest analysis in tokens (default {Plan.analysis_tokens})")
         if name in ("dataset", "run"):
             _dataset_args(s)
@@ -54,18 +55,18 @@ def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("--quant", choices=("auto", "4bit", "8bit", "none"), default="auto",
                    help="base quantisation (auto: 4-bit NF4 on CUDA where the registry says so → QLoRA)")
     s.add_argument("--work", default=None, help="work folder (default ./steerchat-align/<model>)")
-    s.add_argument("--batch-size", type=int, default=Plan.batch_size,
+    s.add_argument("--batch-size", type=positive_int, default=Plan.batch_size,
                    help=f"prompts generated together (default {Plan.batch_size})")
-    s.add_argument("--max-new-tokens", type=int, default=Plan.max_new_tokens,
+    s.add_argument("--max-new-tokens", type=positive_int, default=Plan.max_new_tokens,
                    help=f"longest generated reply (default {Plan.max_new_tokens})")
-    s.add_argument("--seed", type=int, default=Plan.seed, help="seed for choosing items and shuffling (decoding is greedy)")
-    s.add_argument("--threads", type=int, default=None,
+    s.add_argument("--seed", type=seed, default=Plan.seed, help="seed for choosing items and shuffling (decoding is greedy)")
+    s.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (1 is often fastest on a busy machine)")
 
 
 def _induce_args(s) -> None:
     s.add_argument("--instructions", help="harmful instructions to induce mistakes from (JSON/JSONL/CSV/text)")
-    s.add_argument("--limit", type=int, default=Plan.limit, help="use N instructions (a seeded sample)")
+    s.add_argument("--limit", type=positive_int, default=Plan.limit, help="use N instructions (a seeded sample)")
     s.add_argument("--mistakes", action="append", default=[], metavar="JSONL",
                    help="mistakes collected elsewhere: JSONL of {instruction, reply}; repeatable")
     s.add_argument("--history", nargs="?", const="default", default=Plan.history, metavar="DB",
@@ -74,7 +75,7 @@ def _induce_args(s) -> None:
 
 def _dataset_args(s) -> None:
     s.add_argument("--harmless", help="ordinary instructions; the model's guided replies become good pairs")
-    s.add_argument("--ordinary-limit", type=int, default=Plan.ordinary_limit,
+    s.add_argument("--ordinary-limit", type=positive_int, default=Plan.ordinary_limit,
                    help=f"use N ordinary instructions (default {Plan.ordinary_limit})")
     s.add_argument("--good", help="ordinary (instruction, reply) pairs from a JSONL file")
     s.add_argument("--no-answers", action="store_true",
@@ -87,20 +88,20 @@ def _finetune_args(s, standalone: bool) -> None:
         s.add_argument("--out", default=None, help="adapter folder (default WORK/adapter)")
         s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     ft = FinetuneConfig
-    s.add_argument("--steps", type=int, default=ft.steps, help=f"optimizer steps (default {ft.steps})")
-    s.add_argument("--train-batch-size", type=int, default=ft.batch_size,
+    s.add_argument("--steps", type=positive_int, default=ft.steps, help=f"optimizer steps (default {ft.steps})")
+    s.add_argument("--train-batch-size", type=positive_int, default=ft.batch_size,
                    help=f"rows per micro-batch (default {ft.batch_size})")
-    s.add_argument("--grad-accum", type=int, default=ft.grad_accum,
+    s.add_argument("--grad-accum", type=positive_int, default=ft.grad_accum,
                    help=f"micro-batches per optimizer step (default {ft.grad_accum})")
-    s.add_argument("--lr", type=float, default=ft.lr, help=f"peak learning rate (default {ft.lr:g})")
-    s.add_argument("--warmup", type=int, default=ft.warmup_steps, help=f"warm-up steps (default {ft.warmup_steps})")
+    s.add_argument("--lr", type=positive_float, default=ft.lr, help=f"peak learning rate (default {ft.lr:g})")
+    s.add_argument("--warmup", type=nonneg_int, default=ft.warmup_steps, help=f"warm-up steps (default {ft.warmup_steps})")
     s.add_argument("--schedule", choices=("linear", "cosine"), default=ft.schedule, help="decay after warm-up")
-    s.add_argument("--rank", type=int, default=ft.rank, help=f"LoRA rank (default {ft.rank})")
-    s.add_argument("--alpha", type=int, default=ft.alpha, help=f"LoRA alpha (default {ft.alpha})")
-    s.add_argument("--dropout", type=float, default=ft.dropout, help=f"LoRA dropout (default {ft.dropout:g})")
-    s.add_argument("--max-seq-len", type=int, default=ft.max_seq_len,
+    s.add_argument("--rank", type=positive_int, default=ft.rank, help=f"LoRA rank (default {ft.rank})")
+    s.add_argument("--alpha", type=positive_int, default=ft.alpha, help=f"LoRA alpha (default {ft.alpha})")
+    s.add_argument("--dropout", type=fraction, default=ft.dropout, help=f"LoRA dropout (default {ft.dropout:g})")
+    s.add_argument("--max-seq-len", type=positive_int, default=ft.max_seq_len,
                    help=f"longest training sequence in tokens (default {ft.max_seq_len})")
-    s.add_argument("--save-every", type=int, default=ft.save_every, help=f"checkpoint every N steps (default {ft.save_every})")
+    s.add_argument("--save-every", type=positive_int, default=ft.save_every, help=f"checkpoint every N steps (default {ft.save_every})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except EngineError as exc:
-        print(f"steerchat align: {exc}", file=sys.stderr)
+        print(f"steerchat: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nsteerchat align: stopped; run the same command again to resume", file=sys.stderr)
+        print("\nsteerchat: align stopped; run the same command again to resume", file=sys.stderr)
         return 130
 
 
@@ -134,6 +135,20 @@ def _bar_factory():
     return make
 
 
+def _read_inputs(args, plan: Plan, stage: str) -> None:
+    """Read the given input files before the model loads, so a bad one is reported at once."""
+    from pathlib import Path
+
+    from steerchat.engine.pipelines.align.dataset import load_training_rows
+    from steerchat.engine.pipelines.align.induce import load_mistakes
+
+    if stage in ("induce", "run"):
+        for f in plan.mistake_files:
+            load_mistakes(Path(f))
+    if stage == "finetune" and getattr(args, "data", None):
+        load_training_rows(Path(args.data))
+
+
 def _run(args) -> int:
     from pathlib import Path
 
@@ -152,7 +167,9 @@ def _run(args) -> int:
         print(f"steerchat: {warning}", file=sys.stderr)
     model = args.model or config.model or "smollm2-135m"
     stage = args.align_stage
-    work = Path(args.work) if args.work else Path("steerchat-align") / Path(model).name
+    work = output_folder(Path(args.work) if args.work else Path("steerchat-align") / Path(model).name, "--work")
+    if getattr(args, "out", None):
+        output_folder(args.out, "--out")
     ws = Workspace(work)
     history = getattr(args, "history", None)
     if history == "default":
@@ -168,12 +185,13 @@ def _run(args) -> int:
         analysis_tokens=getattr(args, "analysis_tokens", Plan.analysis_tokens), batch_size=args.batch_size, seed=args.seed,
     )
     if stage in ("induce", "run") and not (plan.instructions or plan.mistake_files or plan.history):
-        print("steerchat align: give --instructions, --mistakes or --history", file=sys.stderr)
+        print("steerchat: align: give --instructions, --mistakes or --history", file=sys.stderr)
         return 2
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    _read_inputs(args, plan, stage)
     print(f"steerchat align: loading {model}", file=sys.stderr)
     # Plain model: mistakes and analyses come from the model as it is, without the SAE.
     steered = open_steered(model, sae="none", quant=args.quant)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+
+from steerchat.cli.checks import nonneg_float, positive_int, read_stdin_text, seed, visible
 
 
 def register(sub) -> None:
@@ -14,9 +18,12 @@ def register(sub) -> None:
     p.add_argument("prompt", help="the message to send ('-' reads it from standard input)")
     add_chat_arguments(p, sub=True)
     p.add_argument("--json", action="store_true", help="print the turn's full trace as JSON instead of the reply")
-    p.add_argument("--max-tokens", type=int, default=None, help="most tokens to generate (default from config, 256)")
-    p.add_argument("--temperature", type=float, default=None, help="0 for greedy (default from config)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--max-tokens", type=positive_int, default=None, help="most tokens to generate (default from config, 256)")
+    p.add_argument("--temperature", type=nonneg_float, default=None, help="0 for greedy (default from config)")
+    p.add_argument("--seed", type=seed, default=None, help="sampling seed (0 to 2**32-1)")
+    p.add_argument("--raw", action="store_true",
+                   help="print the reply exactly as generated, control characters included (the default on a "
+                   "terminal shows them visibly, e.g. ESC as ␛)")
     p.set_defaults(run=run)
 
 
@@ -26,10 +33,11 @@ def run(args: argparse.Namespace) -> int:
     config, warning = load_config()
     if warning:
         print(f"steerchat: {warning}", file=sys.stderr)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_stdin_text() if args.prompt == "-" else args.prompt
     if not prompt.strip():
-        print("steerchat: the prompt is empty", file=sys.stderr)
-        return 2
+        print("steerchat: the prompt is empty" + (" (nothing on standard input)" if args.prompt == "-" else ""),
+              file=sys.stderr)
+        return 1
     sampling = config.sampling
     if args.max_tokens is not None:
         sampling.max_new_tokens = args.max_tokens
@@ -60,17 +68,51 @@ def run(args: argparse.Namespace) -> int:
         print(f"steerchat: {exc}", file=sys.stderr)
         return 1
 
-    stream = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    check_feature_indices(session.steered)
+    show = (lambda text: text) if args.raw or not sys.stdout.isatty() else visible
+    stream = None if args.json else (lambda piece: (sys.stdout.write(show(piece)), sys.stdout.flush()))
     try:
         trace = session.send(prompt, on_token=stream)
     except KeyboardInterrupt:
         print("\nsteerchat: stopped", file=sys.stderr)
         return 130
     if args.json:
-        print(trace.to_json(indent=2))
+        print(strict_json(trace.to_json(indent=2)))
     else:
         print()
     if trace.error:
         print(f"steerchat: the reply broke off: {trace.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def strict_json(text: str) -> str:
+    """`text` (JSON that may hold NaN or Infinity, which JSON does not allow) as strict JSON:
+    a non-finite number becomes null."""
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(json.loads(text)), indent=2, ensure_ascii=False, allow_nan=False)
+
+
+def check_feature_indices(steered) -> None:
+    """Refuse refusal or gate features outside the SAE (a negative index would clamp another feature)."""
+    from steerchat.engine.core.api import EngineError
+
+    sae = getattr(steered, "sae", None)
+    if sae is None:
+        return
+    d_sae = sae.cfg.d_sae
+    gate = steered.features.harm_gate
+    for what, features in (("refusal feature", steered.refusal_features), ("harm gate feature", gate.features if gate else [])):
+        bad = [f for f in features if not 0 <= f < d_sae]
+        if bad:
+            raise EngineError(f"features.json: {what} {bad[0]} does not exist; the SAE {sae.name} has "
+                              f"features 0 to {d_sae - 1}")

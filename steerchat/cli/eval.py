@@ -11,6 +11,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from steerchat.cli.checks import (
+    finite_float,
+    float_list,
+    int_list,
+    nonneg_int,
+    output_file,
+    output_folder,
+    positive_int,
+    probability,
+    seed,
+)
 from steerchat.engine.core.config import SweepConfig
 
 SWEEP = SweepConfig()  # an instance: the limits are a default_factory field
@@ -27,16 +38,15 @@ def _limits(text: str) -> dict[str, int]:
                 continue
             kind, eq, n = part.rpartition("=")
             if not eq:
-                out.update({k: int(n) for k in DEFAULT_LIMITS})
+                out.update({k: nonneg_int(n) for k in DEFAULT_LIMITS})
             elif kind.strip() in DEFAULT_LIMITS:
-                out[kind.strip()] = int(n)
+                out[kind.strip()] = nonneg_int(n)
             else:
                 raise ValueError
-    except ValueError:
-        import argparse
-
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected N or KIND=N,... with KIND one of {', '.join(DEFAULT_LIMITS)}") from None
+            f"{text!r}: expected N or KIND=N,... (N a whole number, 0 for all) with KIND one of "
+            f"{', '.join(DEFAULT_LIMITS)}") from None
     return out
 
 
@@ -53,13 +63,13 @@ def register(sub) -> None:
     p.add_argument("--adapter", default=None,
                    help="LoRA adapter folder from `steerchat align`: evaluate base + adapter (SAE hook on the adapted model)")
     g = p.add_argument_group("settings to sweep")
-    g.add_argument("--strengths", default=None,
+    g.add_argument("--strengths", type=float_list, default=None,
                    help=f"comma-separated clamp strengths; 0 is the baseline (default {DEFAULT_STRENGTHS} "
                    "unless --levels is given)")
     g.add_argument("--conditional", choices=("both", "on", "off"), default="both",
                    help="for each strength > 0, run unconditional, conditional (harm gate) or both")
     g.add_argument("--guidance", default="none", help="comma-separated guidance modes: none, hint, analyse")
-    g.add_argument("--features", default=None,
+    g.add_argument("--features", type=_features, default=None,
                    help="comma-separated refusal features to clamp (default all), or 'each' for one at a time")
     g.add_argument("--levels", default=None, help="comma-separated safety levels to run as defined, or 'all'")
     d = p.add_argument_group("inputs (built-in sets unless a file is given)")
@@ -77,16 +87,16 @@ def register(sub) -> None:
     r.add_argument("--out", default=None, help="output folder (default ./steerchat-eval/<model>)")
     r.add_argument("--restart", action="store_true", help="discard earlier results in --out instead of resuming")
     # ArgumentDefaultsHelpFormatter appends each default to its help
-    r.add_argument("--max-new-tokens", type=int, default=SWEEP.max_new_tokens,
+    r.add_argument("--max-new-tokens", type=positive_int, default=SWEEP.max_new_tokens,
                    help="reply length for refusal and escalation sets")
-    r.add_argument("--math-tokens", type=int, default=SWEEP.math_tokens, help="reply length for maths problems")
-    r.add_argument("--batch-size", type=int, default=SWEEP.batch_size, help="prompts generated together")
-    r.add_argument("--threads", type=int, default=None,
+    r.add_argument("--math-tokens", type=positive_int, default=SWEEP.math_tokens, help="reply length for maths problems")
+    r.add_argument("--batch-size", type=positive_int, default=SWEEP.batch_size, help="prompts generated together")
+    r.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (1 is often fastest on a busy machine)")
-    r.add_argument("--seed", type=int, default=0, help="seed for choosing items (decoding is greedy)")
+    r.add_argument("--seed", type=seed, default=0, help="seed for choosing items (decoding is greedy)")
     r.add_argument("--judge", default=None, metavar="MODEL",
                    help="a second judge: a chat model asked whether each reply refused (yes/no log-odds)")
-    r.add_argument("--judge-threshold", type=float, default=0.0,
+    r.add_argument("--judge-threshold", type=finite_float, default=0.0,
                    help="the second judge says 'refused' above this yes/no log-odds")
     r.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     x = p.add_argument_group("other modes")
@@ -99,17 +109,15 @@ def register(sub) -> None:
                    help="fit the harm gate (conditional steering) and write it into the SAE's features.json")
     x.add_argument("--gate-data", default=None,
                    help="folder with harmful_train.json, harmless_train.json (default ../shared/data if present)")
-    x.add_argument("--gate-recall", type=float, default=0.95,
+    x.add_argument("--gate-recall", type=probability, default=0.95,
                    help="share of dev harmful prompts the gate must open on (0.95: the knee of the dev curve on the starter)")
-    x.add_argument("--gate-features", type=int, default=64, help="most SAE features in the gate")
+    x.add_argument("--gate-features", type=positive_int, default=64, help="most SAE features in the gate")
     p.set_defaults(run=run)
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"steerchat eval: --strengths must be numbers separated by commas, not {text!r}") from None
+def _features(text: str) -> list[int] | str:
+    """`--features`: 'each', or comma-separated feature numbers."""
+    return "each" if text.strip() == "each" else int_list(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,10 +129,10 @@ def run(args: argparse.Namespace) -> int:
             return _judge_check(args)
         return _run(args)
     except (EngineError, LevelError, ValueError) as exc:
-        print(f"steerchat eval: {exc}", file=sys.stderr)
+        print(f"steerchat: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nsteerchat eval: stopped; run the same command again to resume", file=sys.stderr)
+        print("\nsteerchat: eval stopped; run the same command again to resume", file=sys.stderr)
         return 130
 
 
@@ -204,6 +212,10 @@ def _run(args) -> int:
 
     sets = load_sets(args.unsafe, args.safe, args.mc, args.math, args.escalation, args.xstest,
                      only=[s.strip() for s in args.sets.split(",") if s.strip()])
+    if args.out:
+        output_folder(args.out, "--out")
+    if args.levels_out:
+        output_file(args.levels_out, "--levels-out")
     if args.threads:
         import torch
 
@@ -211,6 +223,9 @@ def _run(args) -> int:
     limits = {**DEFAULT_LIMITS, **(args.limit or {})}
     sets = [subsample(s, limits[s.kind], args.seed) for s in sets]
     steered = _open(args)
+    from steerchat.cli.ask import check_feature_indices
+
+    check_feature_indices(steered)
     if args.fit_gate:
         _fit_gate(args, steered)
     settings = []
@@ -222,11 +237,11 @@ def _run(args) -> int:
         if args.features == "each":
             feature_sets = [(f,) for f in steered.refusal_features]
         elif args.features:
-            feature_sets = [tuple(int(f) for f in args.features.split(","))]
-        settings += sweep_settings(_floats(args.strengths or DEFAULT_STRENGTHS), args.conditional,
+            feature_sets = [tuple(args.features)]
+        settings += sweep_settings(args.strengths or list(SWEEP.strengths), args.conditional,
                                    [g.strip() for g in args.guidance.split(",")], feature_sets)
     adapter_tag = f"+{steered.adapter_name}" if steered.adapter_name else ""
-    out = Path(args.out or Path("steerchat-eval") / f"{steered.model_name}{adapter_tag}")
+    out = output_folder(args.out or Path("steerchat-eval") / f"{steered.model_name}{adapter_tag}", "--out")
     if args.restart and (out / "results.jsonl").exists():
         (out / "results.jsonl").unlink()
     judge2 = None

@@ -9,6 +9,15 @@ import json
 import sys
 import time
 
+from steerchat.cli.checks import (
+    finite_float,
+    int_list,
+    nonneg_float,
+    output_file,
+    output_folder,
+    percentile,
+    positive_int,
+)
 from steerchat.engine.core.config import FindConfig
 
 
@@ -35,20 +44,20 @@ def register(sub) -> None:
     f.add_argument("--method", choices=("direction", "contrast"), default=FindConfig.method,
                    help=f"how features are found ({FindConfig.method})")
     sizes = ",".join(str(n) for n in FindConfig.sizes)
-    f.add_argument("--sizes", default=sizes,
+    f.add_argument("--sizes", type=_sizes, default=sizes,
                    help=f"direction: comma-separated set sizes to fit and validate ({sizes})")
-    f.add_argument("--candidates", type=int, default=FindConfig.candidates,
+    f.add_argument("--candidates", type=positive_int, default=FindConfig.candidates,
                    help=f"contrast: features validated by steering ({FindConfig.candidates})")
-    f.add_argument("--max-features", type=int, default=FindConfig.max_features,
+    f.add_argument("--max-features", type=positive_int, default=FindConfig.max_features,
                    help=f"contrast: most features in the set ({FindConfig.max_features})")
-    f.add_argument("--percentile", type=float, default=FindConfig.percentile,
+    f.add_argument("--percentile", type=percentile, default=FindConfig.percentile,
                    help=f"contrast: percentile of refusal activations for m_f ({FindConfig.percentile:g})")
-    f.add_argument("--probe-strength", type=float, default=FindConfig.probe_strength,
+    f.add_argument("--probe-strength", type=nonneg_float, default=FindConfig.probe_strength,
                    help=f"s at which candidates (contrast) or sets (direction) are validated ({FindConfig.probe_strength:g})")
-    f.add_argument("--max-new-tokens", type=int, default=FindConfig.max_new_tokens,
+    f.add_argument("--max-new-tokens", type=positive_int, default=FindConfig.max_new_tokens,
                    help=f"reply length in validation ({FindConfig.max_new_tokens})")
-    f.add_argument("--batch-size", type=int, default=FindConfig.batch_size)
-    f.add_argument("--min-gain", type=float, default=FindConfig.min_gain,
+    f.add_argument("--batch-size", type=positive_int, default=FindConfig.batch_size)
+    f.add_argument("--min-gain", type=finite_float, default=FindConfig.min_gain,
                    help="contrast: a feature joins the set when the combination's harmful refusal rises by at least "
                    f"this ({FindConfig.min_gain:g})")
     f.add_argument("--reuse", help="contrast: features.json of an earlier run: reuse its ranked and validated candidates, "
@@ -62,7 +71,7 @@ def register(sub) -> None:
     lab.add_argument("--model", "-m", default="smollm2-135m", help="model whose tokenizer reads the contexts")
     lab.add_argument("--sae", required=True)
     lab.add_argument("--activations", required=True, help="a collection from `steerchat sae collect`")
-    lab.add_argument("--top", type=int, default=1000, help="how many features to label (1000)")
+    lab.add_argument("--top", type=positive_int, default=1000, help="how many features to label (1000)")
     lab.add_argument("--out", help="folder for labels.json (default as for find-refusal)")
     lab.set_defaults(run=run_label)
 
@@ -74,12 +83,34 @@ def register(sub) -> None:
     sw.add_argument("--features", help="features.json (default: beside the SAE)")
     sw.add_argument("--harmful", required=True)
     sw.add_argument("--harmless", required=True)
-    sw.add_argument("--points", default="0,0g,1g,2g,3g",
+    sw.add_argument("--points", type=_points, default="0,0g,1g,2g,3g",
                     help="strengths; a trailing g adds the guidance hint (default 0,0g,1g,2g,3g)")
-    sw.add_argument("--max-new-tokens", type=int, default=24)
-    sw.add_argument("--batch-size", type=int, default=32)
+    sw.add_argument("--max-new-tokens", type=positive_int, default=24)
+    sw.add_argument("--batch-size", type=positive_int, default=32)
     sw.add_argument("--json", help="also write the rows to this JSON file")
     sw.set_defaults(run=run_features_sweep)
+
+
+def _sizes(text: str) -> str:
+    """`--sizes`: checked as comma-separated whole numbers >= 1, kept as given (for the recorded command)."""
+    int_list(text, positive_int)
+    return text
+
+
+def _points(text: str) -> str:
+    """`--points`: checked as comma-separated strengths (>= 0), each optionally ending in g (guidance)."""
+    _parse_points(text)
+    return text
+
+
+def _parse_points(text: str) -> list[tuple[float, bool]]:
+    out = []
+    for p in (p.strip() for p in text.split(",")):
+        if p:
+            out.append((nonneg_float(p[:-1] if p.endswith("g") else p), p.endswith("g")))
+    if not out:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected strengths like 0,0g,1g")
+    return out
 
 
 def command_line(args: argparse.Namespace, *words: str) -> str:
@@ -129,6 +160,10 @@ def run_find(args: argparse.Namespace) -> int:
     )
 
     try:
+        if args.out:
+            output_folder(args.out, "--out")
+        if args.replies:
+            load_replies(args.replies)  # a missing file or a bad row is reported before the model loads
         if args.method == "contrast" and not args.harmless:
             raise ValueError("--method contrast needs --harmless prompts to contrast refusals with")
         harmful, harmless = _prompts(args.harmful), _prompts(args.harmless) if args.harmless else []
@@ -150,10 +185,7 @@ def run_find(args: argparse.Namespace) -> int:
             print(f"steerchat: generating the model's own replies to {len(missing)} harmful prompts", file=sys.stderr)
             for r in generate_batch(steered, missing, SafetySettings(), 40, args.batch_size):
                 replies[r.prompt] = r.reply
-        try:
-            sizes = tuple(int(x) for x in args.sizes.split(",") if x.strip())
-        except ValueError:
-            raise ValueError(f"--sizes wants comma-separated whole numbers, not {args.sizes!r}") from None
+        sizes = tuple(int_list(args.sizes, positive_int))
         cfg = FindConfig(method=args.method, sizes=sizes, candidates=args.candidates, max_features=args.max_features, percentile=args.percentile,
                          probe_strength=args.probe_strength, max_new_tokens=args.max_new_tokens,
                          batch_size=args.batch_size, min_gain=args.min_gain)
@@ -187,6 +219,8 @@ def run_label(args: argparse.Namespace) -> int:
     from steerchat.engine.runtime.sae import SAE
 
     try:
+        if args.out:
+            output_folder(args.out, "--out")
         tok = load_model(args.model).tokenizer
         sae = SAE.load(args.sae)
         labels, record = label_features(sae, args.activations, tok, top=args.top)
@@ -215,7 +249,9 @@ def run_features_sweep(args: argparse.Namespace) -> int:
     from steerchat.engine.pipelines.refusal_features import sweep
 
     try:
-        points = [(float(p.rstrip("g")), p.endswith("g")) for p in args.points.split(",") if p]
+        if args.json:
+            output_file(args.json, "--json")
+        points = _parse_points(args.points)
         sae = Path(args.sae)
         fpath = Path(args.features) if args.features else (
             sae / "features.json" if (sae / "features.json").is_file() else sae.parent / "features.json")
