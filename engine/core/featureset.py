@@ -15,6 +15,7 @@ Python, no torch.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,39 @@ class HarmGate:
     method: str = "features"
     skip_positions: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_types(data: Any) -> None:
+    """The containers of features.json have the types the reader expects (TypeError naming the field)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, found {type(data).__name__}")
+    for key, kind, name in (("refusal_features", list, "a list"), ("labels", dict, "an object"),
+                            ("harm_gate", dict, "an object")):
+        value = data.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{key!r} must be {name}, found {type(value).__name__}")
+    for i, r in enumerate(data.get("refusal_features") or []):
+        if not isinstance(r, dict):
+            raise TypeError(f"refusal_features[{i}] must be an object, found {type(r).__name__}")
+    hook_layer = data.get("hook_layer")
+    if hook_layer is not None and (not isinstance(hook_layer, int) or isinstance(hook_layer, bool) or hook_layer < 0):
+        raise TypeError(f"'hook_layer' must be a whole number of at least 0, found {hook_layer!r}")
+
+
+def _check_values(refusal: list[RefusalFeature], gate: HarmGate | None) -> None:
+    """Feature indices are not negative (a negative index would steer another feature) and
+    the numbers steering uses are finite."""
+    for i, r in enumerate(refusal):
+        if r.feature < 0:
+            raise ValueError(f"refusal_features[{i}]: feature {r.feature} is negative")
+        if not math.isfinite(r.reference_activation):
+            raise ValueError(f"refusal_features[{i}] (feature {r.feature}): reference_activation "
+                             f"{r.reference_activation} is not a finite number")
+    if gate is not None:
+        if any(f < 0 for f in gate.features):
+            raise ValueError(f"harm_gate: feature {min(gate.features)} is negative")
+        if not all(math.isfinite(w) for w in gate.weights) or not math.isfinite(gate.threshold):
+            raise ValueError("harm_gate: weights and threshold must be finite numbers")
 
 
 @dataclass
@@ -81,7 +115,8 @@ class FeatureSet:
         if path.is_dir():
             path = path / FEATURES_NAME
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+            _check_types(data)
             refusal = [
                 RefusalFeature(
                     feature=int(r["feature"]), reference_activation=float(r["reference_activation"]),
@@ -100,7 +135,12 @@ class FeatureSet:
                 if len(harm_gate.features) != len(harm_gate.weights):
                     raise ValueError("harm_gate features and weights differ in length")
             labels = {int(k): str(v) for k, v in data.get("labels", {}).items()}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _check_values(refusal, harm_gate)
+        except KeyError as exc:
+            raise EngineError(f"{path}: not a valid features file (missing {exc})") from None
+        except OSError as exc:
+            raise EngineError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        except (ValueError, TypeError) as exc:
             raise EngineError(f"{path}: not a valid features file ({exc})") from None
         labels_path = path.parent / LABELS_NAME
         if labels_path.is_file():

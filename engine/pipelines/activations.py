@@ -33,7 +33,7 @@ from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
-from steerchat.engine.core.api import EngineError
+from steerchat.engine.core.api import DatasetError, EngineError
 from steerchat.engine.core.config import CollectConfig
 from steerchat.engine.core.datasets import load_pairs, load_prompts
 from steerchat.engine.core.jsonl import read_jsonl
@@ -126,8 +126,17 @@ def read_prompts(path: str) -> list[str]:
 
 
 def read_paragraphs(path: str) -> list[str]:
-    text = Path(path).read_text(encoding="utf-8")
-    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    """The paragraphs (blocks between blank lines) of a UTF-8 text file; DatasetError if it has none."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not valid UTF-8 text (byte {exc.start + 1}); give a plain text file") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if not paragraphs:
+        raise DatasetError(f"{path}: holds no text")
+    return paragraphs
 
 
 # ------------------------------------------------------------------ documents
@@ -251,6 +260,9 @@ def collect(cfg: CollectConfig, out_dir: str | Path, loaded=None, device: str = 
 
     prompts = [p for s in cfg.sources if s.kind == "instructions" for p in _slice(read_prompts(s.path), s)]
     replies = generate_replies(SteeredModel(loaded), prompts, folder, cfg.max_new_tokens, cfg.gen_batch_size) if prompts else {}
+    if not docs:
+        raise EngineError("the sources hold no documents to collect activations from; check the source files "
+                          "and their @START:END slices")
     docs = build_documents(cfg, replies)
     if not (folder / DOCS).is_file():
         with open(folder / DOCS, "w", encoding="utf-8") as fh:

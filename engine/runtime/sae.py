@@ -75,6 +75,20 @@ class SAEConfig:
         layer = d.get("hook_layer", meta.get("hook_layer"))
         hook_name = str(d.get("hook_name", meta.get("hook_name", "")) or "")
         layer = resolve_hook_layer(hook_name, layer, where, override=layer_override)
+        if isinstance(layer, str) and layer.strip().isdigit():
+            layer = int(layer)
+        elif isinstance(layer, float) and layer.is_integer():
+            layer = int(layer)
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+            raise SAEFileError(f"{where}: 'hook_layer' must be a whole number of at least 0, got {layer!r}")
+        scale = d.get("activation_scale", 1.0)
+        try:
+            ok = not isinstance(scale, bool) and 0 < float(scale) < float("inf")  # NaN compares false
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise SAEFileError(f"{where}: 'activation_scale' must be a finite number above 0 (inputs are divided "
+                               f"by it), got {scale!r}")
         known = {f for f in cls.__dataclass_fields__}
         extra = {k_: v for k_, v in d.items() if k_ not in known and k_ != "metadata"}
         return cls(

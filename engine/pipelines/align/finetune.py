@@ -186,6 +186,20 @@ def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[int, li
 # ---------------------------------------------------------------- training
 
 
+def check_config(cfg: FinetuneConfig) -> None:
+    """AlignError for settings that would train nothing or that peft/torch reject obscurely."""
+    for name in ("steps", "rank", "alpha", "batch_size", "grad_accum", "max_seq_len"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AlignError(f"fine-tuning: {name} must be a whole number of at least 1, got {value!r}")
+    if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise AlignError(f"fine-tuning: the learning rate must be a finite number above 0, got {cfg.lr!r}")
+    if not 0 <= cfg.dropout < 1:
+        raise AlignError(f"fine-tuning: dropout must be at least 0 and below 1, got {cfg.dropout!r}")
+    if cfg.warmup_steps < 0:
+        raise AlignError(f"fine-tuning: warmup_steps must be at least 0, got {cfg.warmup_steps!r}")
+
+
 def finetune(loaded, rows: list[TrainingRow], out_dir: Path, cfg: FinetuneConfig, *, resume: bool = False,
              data_info: dict | None = None, on_step: StepCallback | None = None,
              stop_after: int | None = None) -> FinetuneResult:
@@ -197,6 +211,7 @@ def finetune(loaded, rows: list[TrainingRow], out_dir: Path, cfg: FinetuneConfig
     final adapter.
     """
     out_dir = Path(out_dir)
+    check_config(cfg)
     tok = loaded.tokenizer
     encoded = [encode_row(tok, r, cfg.max_seq_len) for r in rows]
     data = [e for e in encoded if e is not None]
