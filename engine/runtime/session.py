@@ -151,7 +151,9 @@ class Session:
     def _generate(self, history, user_text, get_settings, on_token, cancel) -> TurnTrace:
         steered = self.steered
         start_settings = get_settings()
-        prepared = steered.prepare(history, user_text, start_settings, self.system_prompt)
+        # refused at once when it cannot fit the context with room for the reply
+        prepared = steered.prepare(history, user_text, start_settings, self.system_prompt,
+                                   reserve=self.sampling.max_new_tokens)
         tok, model = steered.loaded.tokenizer, steered.loaded.model
         level_changes: list[tuple[int, str]] = []
         step = {"n": 0, "level": start_settings.level.name}
