@@ -36,7 +36,10 @@ class PromptInput(TextArea):
         if self.read_only:
             return
         room = MAX_INPUT_CHARS - len(self.text) + len(self.selected_text)
-        text = event.text
+        # TextArea writes control characters to the terminal as they are, so an ESC…BEL in the
+        # prompt box would start a real escape sequence (hiding the rest of the line): they are
+        # kept as their visible pictures (ESC -> ␛), like everywhere else text is shown.
+        text = sanitize(event.text.replace("\r\n", "\n").replace("\r", "\n"))
         if len(text) > room:
             self.notify(f"The paste was cut to {max(room, 0):,} of its {len(text):,} characters "
                         f"(the prompt holds at most {MAX_INPUT_CHARS:,}).", severity="warning", timeout=8)
