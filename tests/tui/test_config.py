@@ -39,3 +39,38 @@ def test_cli_overrides_win_but_none_keeps_config():
     config = Config(model="phi-3-mini", level="Low")
     merged = merge_overrides(config, model="smollm2-135m", level=None)
     assert merged.model == "smollm2-135m" and merged.level == "Low"
+
+
+def test_syntax_error_keeps_the_other_keys(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('model = "phi-3-mini"\nlevel = \nsystem = "Be brief."\n')
+    config, warning = load_config(path)
+    assert config.model == "phi-3-mini" and config.system == "Be brief." and config.level is None
+    assert "line 2" in warning and "the rest kept" in warning
+
+
+def test_save_backs_up_an_unparsable_file_and_keeps_comments(tmp_path):
+    path = tmp_path / "config.toml"
+    original = '# mine\nmodel = "phi-3-mini"  # the big one\nlevel = \nextra = true\n'
+    path.write_text(original)
+    config, _ = load_config(path)
+    save_config(config, path)
+    backups = list(tmp_path.glob("config.toml.bak-*"))
+    assert [b.read_text() for b in backups] == [original]
+    text = path.read_text()
+    assert "# mine" in text and "# the big one" in text and "extra = true" in text
+
+
+def test_top_p_out_of_range_falls_back_alone(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[sampling]\ntop_p = 5.0\ntemperature = 0.3\n")
+    config, warning = load_config(path)
+    assert config.sampling.top_p == Config().sampling.top_p and config.sampling.temperature == 0.3
+    assert "'top_p'" in warning and "line 2" in warning
+
+
+def test_invalid_utf8_is_a_warning(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'theme = "nord"\n# caf\xe9\n')
+    config, warning = load_config(path)
+    assert config.theme == "nord" and "UTF-8" in warning
