@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "steerchat.cli.features",
     "steerchat.cli.align",
     "steerchat.cli.eval",
+    "steerchat.cli.prepare",
 )
 
 
