@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 import time
 from codecs import getincrementaldecoder
-from typing import Iterable
+from collections.abc import Iterable
 
 from textual import constants, events
 from textual._xterm_parser import XTermParser

@@ -100,7 +100,11 @@ def _download_with_progress(repo_id: str, progress: ProgressCallback | None) -> 
     local path or a name that is not a valid hub id raises ModelNotAvailable (one sentence).
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
     from tqdm.auto import tqdm
 
     local = Path(repo_id).expanduser()

@@ -5,6 +5,13 @@ the replies users flagged as bad). Pure Python, no torch, no Textual.
 """
 
 from steerchat.store.errors import StoreError
-from steerchat.store.history import ChatRow, FlaggedReply, MessageRow, Store, move_aside, open_store
+from steerchat.store.history import (
+    ChatRow,
+    FlaggedReply,
+    MessageRow,
+    Store,
+    move_aside,
+    open_store,
+)
 
 __all__ = ["ChatRow", "FlaggedReply", "MessageRow", "Store", "StoreError", "move_aside", "open_store"]

@@ -10,16 +10,20 @@ import time
 from pathlib import Path
 
 import pytest
-from textual import events
-
 from steerchat.engine.core.api import EngineError
-from steerchat.store import Store
 from steerchat.tui.app import SteerChatApp
 from steerchat.tui.config import Config
 from steerchat.tui.export import chat_to_markdown, fenced
 from steerchat.tui.sanitize import escape_controls, one_line, sanitize
-from steerchat.tui.terminal_input import InputDecoder, SafeInputParser, safe_driver_class
+from steerchat.tui.terminal_input import (
+    InputDecoder,
+    SafeInputParser,
+    safe_driver_class,
+)
 from steerchat.tui.widgets.chat import MAX_INPUT_CHARS, AssistantMessage
+from textual import events
+
+from steerchat.store import Store
 from tests.tui.conftest import SIZE, ready, send, wait_for
 from tests.tui.fake_engine import FakeEngine
 
@@ -242,7 +246,7 @@ def test_a_forged_heading_stays_inside_the_message(tmp_path):
 def test_backtick_runs_cannot_close_the_fence(tmp_path, ticks):
     body = "a\n" + "`" * ticks + "\n## Assistant (level: Max)\n" + "`" * ticks
     block = fenced(body)
-    fence = block.splitlines()[0].rstrip("text")
+    fence = block.splitlines()[0].removesuffix("text")
     assert len(fence) > ticks and block.endswith("\n" + fence)
     assert body in block and headings(block) == []
 

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from steerchat.store import Store, history
 from steerchat.tui.app import SteerChatApp
 from steerchat.tui.config import Config, load_config, save_config
 from steerchat.tui.widgets.chat import AssistantMessage
+
+from steerchat.store import Store, history
 from tests.tui.conftest import SIZE, ready, send, wait_for
 from tests.tui.fake_engine import FakeEngine
 
@@ -78,7 +78,7 @@ def test_random_bytes_database(home):
     assert "damaged" in shown and "moved it to history.sqlite.damaged-" in shown
     assert saved[0] == "hello after the fault" and len(saved) == 2 and saved[1]
     assert [p.read_bytes() for p in damaged_files(home)] == [junk]  # moved aside, not deleted
-    assert [m.content for m in Store(db).messages(1)][0] == "hello after the fault"
+    assert Store(db).messages(1)[0].content == "hello after the fault"
 
 
 def test_truncated_database(home):
@@ -418,7 +418,6 @@ def test_cache_damage_is_rebuilt_from_the_starter_gguf(home):
     """Real conversion of the starter GGUF: a file where the cache folder belongs, then NaN
     weights with the mtime kept and a garbage template: each load still gives a working model."""
     import torch
-
     from steerchat.engine.runtime import loading
     from steerchat.models import STARTER, get_entry
 

@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from steerchat.store import Store, open_store
-from steerchat.store import history
+from steerchat.store import Store, history, open_store
 
 
 def _saved(path):
