@@ -15,6 +15,7 @@ from rich.text import Text
 from steerchat.engine.core.api import ChatSession, EngineError
 from steerchat.engine.core.trace import TurnTrace
 from steerchat.tui.sanitize import one_line, sanitize
+from steerchat.tui.screens.prepare_offer import PrepareOfferScreen
 from steerchat.tui.widgets.chat import (
     AssistantMessage,
     ChatLog,
@@ -130,6 +131,13 @@ class ChatScreen(Screen):
         )
         session.set_history(self._history())
         self.update_status()
+        self._offer_prepare(session)
+
+    def _offer_prepare(self, session: ChatSession) -> None:
+        """No SAE and none was refused on purpose (--sae none): say so and offer `steerchat prepare`."""
+        config = getattr(self.app, "config", None)
+        if session.sae_name is None and getattr(config, "sae", "auto") in (None, "auto"):
+            self.app.push_screen(PrepareOfferScreen(getattr(config, "model", None) or session.model_name))
 
     def update_status(self) -> None:
         status = Text("steerchat", style="bold")
