@@ -78,10 +78,6 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
     except KeyboardInterrupt:
         print("\nsteerchat: stopped", file=sys.stderr)
         return 130
@@ -131,3 +127,7 @@ def report_error(exc: BaseException) -> int:
                 + f"; run again with {DEBUG_ENV}=1 to see the full traceback")
     print(f"steerchat: {text}", file=sys.stderr)
     return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
