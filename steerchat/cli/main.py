@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "sae_layer", None) is not None:  # travels inside the --sae spec to chat and ask
         if args.sae_layer < 0:
             parser.error("--sae-layer must be 0 or more")
+        if args.command not in (None, "ask"):
+            parser.error("--sae-layer applies to the chat and `steerchat ask`")
         args.sae = f"{getattr(args, 'sae', None) or 'auto'}#layer={args.sae_layer}"
     if args.command is None:
         from steerchat.tui.app import run_chat

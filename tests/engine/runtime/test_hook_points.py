@@ -97,3 +97,11 @@ def test_ask_takes_sae_layer_for_an_sae_that_names_no_layer(tiny_model_dir, tmp_
     assert json.loads(capsys.readouterr().out)["tokens"]
     assert main(base + ["--sae-layer", "7"]) == 1
     assert "hook layer 7 does not exist" in capsys.readouterr().err
+
+
+def test_sae_layer_is_refused_for_commands_that_take_their_own_sae(capsys):
+    from steerchat.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["--sae-layer", "1", "paths"])
+    assert "--sae-layer applies to the chat" in capsys.readouterr().err
