@@ -260,10 +260,10 @@ def collect(cfg: CollectConfig, out_dir: str | Path, loaded=None, device: str = 
 
     prompts = [p for s in cfg.sources if s.kind == "instructions" for p in _slice(read_prompts(s.path), s)]
     replies = generate_replies(SteeredModel(loaded), prompts, folder, cfg.max_new_tokens, cfg.gen_batch_size) if prompts else {}
+    docs = build_documents(cfg, replies)
     if not docs:
         raise EngineError("the sources hold no documents to collect activations from; check the source files "
                           "and their @START:END slices")
-    docs = build_documents(cfg, replies)
     if not (folder / DOCS).is_file():
         with open(folder / DOCS, "w", encoding="utf-8") as fh:
             for d in docs:
