@@ -29,7 +29,6 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -344,10 +343,3 @@ def load_shard(folder: str | Path, entry: dict) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise EngineError(f"{path}: listed in the manifest but missing")
     return load_file(str(path))
-
-
-def iter_shards(folder: str | Path, indices: list[int] | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """The shards of a collection (all, or those at `indices`), one at a time."""
-    manifest = Manifest.load(Path(folder))
-    for i in indices if indices is not None else range(len(manifest.shards)):
-        yield load_shard(folder, manifest.shards[i])

@@ -59,6 +59,14 @@ def add_chat_arguments(parser: argparse.ArgumentParser, sub: bool = False) -> No
                         "plain weights on the CPU)")
 
 
+def open_engine_session(model: str, **kwargs):
+    """The chat's session factory: the real engine, imported here, in the app's loading worker,
+    so neither `--help` nor the UI's modules import torch."""
+    from steerchat.engine.runtime.session import open_session
+
+    return open_session(model, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in (None, "ask"):
             parser.error("--sae-layer applies to the chat and `steerchat ask`")
         args.sae = f"{getattr(args, 'sae', None) or 'auto'}#layer={args.sae_layer}"
-    if args.command is None:
-        from steerchat.tui.app import run_chat
-
-        return run_chat(model=args.model, sae=args.sae, level=args.level, system=args.system,
-                        adapter=args.adapter, quant=args.quant)
     try:
+        if args.command is None:
+            from steerchat.tui.app import run_chat
+
+            return run_chat(model=args.model, sae=args.sae, level=args.level, system=args.system,
+                            session_factory=open_engine_session, adapter=args.adapter, quant=args.quant)
         return args.run(args)
     except BrokenPipeError:  # `steerchat models | head`: the reader left; nothing to report
         import os

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import steerchat.engine.pipelines.activations as acts_mod
-from steerchat.engine.pipelines.activations import CollectConfig, Manifest, Source, collect, iter_shards, kept_positions, read_pairs
+from steerchat.engine.pipelines.activations import CollectConfig, Manifest, Source, collect, kept_positions, load_shard, read_pairs
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +44,8 @@ def config(model_dir, src, **kw):
 
 
 def all_acts(folder):
-    return {k: torch.cat([s[k] for s in iter_shards(folder)]) for k in ("acts", "token_ids", "doc", "pos")}
+    shards = [load_shard(folder, e) for e in Manifest.load(folder).shards]
+    return {k: torch.cat([s[k] for s in shards]) for k in ("acts", "token_ids", "doc", "pos")}
 
 
 def test_collect_writes_shards_and_manifest(tiny_model_dir, tmp_path):
