@@ -63,9 +63,21 @@ class SteeredModel:
                                       dtype=torch.float32, device=self.loaded.device)
         self.hook: SteeringHook | None = None
         if self.sae is not None:
+            self._check_features_exist()
             gate = FeatureGate.from_spec(self.features.harm_gate) if self.features.harm_gate is not None else None
             self.hook = SteeringHook(sae=self.sae, layer=self.sae.cfg.hook_layer,
                                      refusal_features=self.refusal_features, gate=gate, top_n=self.top_n)
+
+    def _check_features_exist(self) -> None:
+        """Refuse refusal or gate features outside the SAE (a negative index would clamp another feature)."""
+        d_sae = self.sae.cfg.d_sae
+        gate = self.features.harm_gate
+        for what, features in (("refusal feature", self.refusal_features),
+                               ("harm gate feature", gate.features if gate else [])):
+            bad = [f for f in features if not 0 <= f < d_sae]
+            if bad:
+                raise EngineError(f"features.json: {what} {bad[0]} does not exist; the SAE {self.sae.name} has "
+                                  f"features 0 to {d_sae - 1}")
 
     # ---- what it is
 

@@ -68,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"steerchat: {exc}", file=sys.stderr)
         return 1
 
-    check_feature_indices(session.steered)
     show = (lambda text: text) if args.raw or not sys.stdout.isatty() else visible
     stream = None if args.json else (lambda piece: (sys.stdout.write(show(piece)), sys.stdout.flush()))
     try:
@@ -102,17 +101,3 @@ def strict_json(text: str) -> str:
     return json.dumps(clean(json.loads(text)), indent=2, ensure_ascii=False, allow_nan=False)
 
 
-def check_feature_indices(steered) -> None:
-    """Refuse refusal or gate features outside the SAE (a negative index would clamp another feature)."""
-    from steerchat.engine.core.api import EngineError
-
-    sae = getattr(steered, "sae", None)
-    if sae is None:
-        return
-    d_sae = sae.cfg.d_sae
-    gate = steered.features.harm_gate
-    for what, features in (("refusal feature", steered.refusal_features), ("harm gate feature", gate.features if gate else [])):
-        bad = [f for f in features if not 0 <= f < d_sae]
-        if bad:
-            raise EngineError(f"features.json: {what} {bad[0]} does not exist; the SAE {sae.name} has "
-                              f"features 0 to {d_sae - 1}")

@@ -223,9 +223,6 @@ def _run(args) -> int:
     limits = {**DEFAULT_LIMITS, **(args.limit or {})}
     sets = [subsample(s, limits[s.kind], args.seed) for s in sets]
     steered = _open(args)
-    from steerchat.cli.ask import check_feature_indices
-
-    check_feature_indices(steered)
     if args.fit_gate:
         _fit_gate(args, steered)
     settings = []
