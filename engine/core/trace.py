@@ -65,7 +65,11 @@ class GateDecision:
     threshold: float
     open: bool
     method: str = "features"
-    top_tokens: list[tuple[str, float]] = field(default_factory=list)
+    top_tokens: list[tuple[str, float]] = field(default_factory=list)  # prompt tokens that pushed the score up most
+    # the tokens that pushed it down most (a probe's per-token shares can be negative)
+    bottom_tokens: list[tuple[str, float]] = field(default_factory=list)
+    # the parts the score is the sum of, e.g. [("user tokens", 1.2), ("template tokens", -0.4), ("bias", 0.1)]
+    signals: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Timings:
     tokens_per_s: float = 0.0
     prompt_tokens: int = 0
     reply_tokens: int = 0
+    context_tokens: int = 0  # the model's context limit (0: unknown)
 
 
 @dataclass
@@ -127,6 +132,9 @@ class TurnTrace:
         if kw.get("gate") is not None:
             gate = dict(kw["gate"])
             gate["top_tokens"] = [tuple(t) for t in gate.get("top_tokens", [])]
+            gate["bottom_tokens"] = [tuple(t) for t in gate.get("bottom_tokens", [])]
+            gate["signals"] = [tuple(t) for t in gate.get("signals", [])]
+            gate = {k: v for k, v in gate.items() if k in {f.name for f in fields(GateDecision)}}
             kw["gate"] = GateDecision(**gate)
         kw["timings"] = Timings(**kw.get("timings", {}))
         known = {f.name for f in fields(cls)}

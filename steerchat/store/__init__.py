@@ -9,9 +9,10 @@ from steerchat.store.history import (
     ChatRow,
     FlaggedReply,
     MessageRow,
+    SearchHit,
     Store,
     move_aside,
     open_store,
 )
 
-__all__ = ["ChatRow", "FlaggedReply", "MessageRow", "Store", "StoreError", "move_aside", "open_store"]
+__all__ = ["ChatRow", "FlaggedReply", "MessageRow", "SearchHit", "Store", "StoreError", "move_aside", "open_store"]

@@ -94,6 +94,21 @@ class MessageRow:
     status: str
     created: float
     flagged_bad: bool
+    parent_id: int | None = None  # the message this one follows (None: the chat's first message)
+
+
+@dataclass
+class SearchHit:
+    """A message whose text matches a search, with its chat and a short excerpt."""
+
+    chat_id: int
+    message_id: int
+    chat_title: str
+    role: str
+    snippet: str
+
+
+_LEAF = object()  # add_message's default parent: the chat's current leaf
 
 
 @dataclass
@@ -321,15 +336,28 @@ class Store:
         level: str | None = None,
         status: str = "ok",
         trace_json: str | None = None,
+        parent: int | None | object = _LEAF,
     ) -> int:
+        """Add a message after `parent` (default: the chat's current leaf; None: a new first message).
+
+        The new message becomes the chat's current leaf, so the branch on screen ends with it.
+        """
         now = time.time()
         chat = self._id(chat_id)
-        row_id = self._write(
-            "INSERT INTO messages (chat_id, role, content, level, trace_json, status, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (chat, role, content, level, trace_json, status, now), makes_row=True,
-        )[0]
-        self._write("UPDATE chats SET updated=? WHERE id=?", (now, chat))
+        if parent is _LEAF:
+            row_id = self._write(
+                "INSERT INTO messages (chat_id, role, content, level, trace_json, status, created, parent_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT current_leaf FROM chats WHERE id=?))",
+                (chat, role, content, level, trace_json, status, now, chat), makes_row=True,
+            )[0]
+        else:
+            row_id = self._write(
+                "INSERT INTO messages (chat_id, role, content, level, trace_json, status, created, parent_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (chat, role, content, level, trace_json, status, now,
+                 None if parent is None else self._id(parent)), makes_row=True,
+            )[0]
+        self._write("UPDATE chats SET updated=?, current_leaf=? WHERE id=?", (now, self._id(row_id), chat))
         return row_id
 
     def update_message(
@@ -351,7 +379,96 @@ class Store:
             self._write(f"UPDATE messages SET {', '.join(sets)} WHERE id=?", (*args, self._id(message_id)))
 
     def delete_message(self, message_id: int) -> None:
-        self._write("DELETE FROM messages WHERE id=?", (self._id(message_id),))
+        """Delete one message and everything that follows it (its replies, their branches).
+
+        When the chat's current leaf goes with it, the branch on screen moves to the newest
+        remaining alternative at that place, or ends at the deleted message's parent.
+        """
+        real = self._id(message_id)
+        rows = self._read("SELECT chat_id, parent_id FROM messages WHERE id=?", (real,))
+        self._write("DELETE FROM messages WHERE id=?", (real,))
+        if not rows:
+            return
+        chat, parent = rows[0]["chat_id"], rows[0]["parent_id"]
+        leaf = self.current_leaf(chat)
+        if leaf is not None and self._read("SELECT 1 FROM messages WHERE id=?", (leaf,)):
+            return
+        siblings = self.children(chat, parent)
+        self.set_leaf(chat, self.leaf_under(siblings[-1].id) if siblings else parent)
+
+    # branches
+    def current_leaf(self, chat_id: int) -> int | None:
+        """The last message of the branch on screen (None when the chat has no messages)."""
+        rows = self._read("SELECT current_leaf FROM chats WHERE id=?", (self._id(chat_id),))
+        return rows[0]["current_leaf"] if rows else None
+
+    def set_leaf(self, chat_id: int, message_id: int | None) -> None:
+        """Make the branch ending at `message_id` the one on screen."""
+        self._write("UPDATE chats SET current_leaf=? WHERE id=?",
+                    (None if message_id is None else self._id(message_id), self._id(chat_id)))
+
+    def children(self, chat_id: int, parent_id: int | None) -> list[MessageRow]:
+        """The messages that follow `parent_id` (None: the chat's first messages), oldest first.
+
+        These are the alternatives at one place: edited prompts, regenerated replies.
+        """
+        parent = None if parent_id is None else self._id(parent_id)
+        return [m for m in self.messages(chat_id) if m.parent_id == parent]
+
+    def siblings(self, message_id: int) -> list[MessageRow]:
+        """The alternatives at `message_id`'s place, itself included, oldest first."""
+        rows = self._read("SELECT chat_id, parent_id FROM messages WHERE id=?", (self._id(message_id),))
+        return self.children(rows[0]["chat_id"], rows[0]["parent_id"]) if rows else []
+
+    def leaf_under(self, message_id: int) -> int:
+        """The end of the newest branch through `message_id` (itself when nothing follows it)."""
+        real = self._id(message_id)
+        rows = self._read("SELECT chat_id FROM messages WHERE id=?", (real,))
+        if not rows:
+            return message_id
+        newest: dict[int, int] = {}
+        for m in self.messages(rows[0]["chat_id"]):
+            if m.parent_id is not None:
+                newest[m.parent_id] = max(newest.get(m.parent_id, m.id), m.id)
+        while real in newest:
+            real = newest[real]
+        return real
+
+    def branch(self, chat_id: int, leaf: int | None = None) -> list[MessageRow]:
+        """The messages from the chat's first one to `leaf` (default: the current leaf), in order."""
+        rows = {m.id: m for m in self.messages(chat_id)}
+        if not rows:
+            return []
+        if leaf is None:
+            leaf = self.current_leaf(chat_id)
+        if leaf not in rows:
+            leaf = max(rows)
+        path: list[MessageRow] = []
+        seen: set[int] = set()
+        while leaf is not None and leaf in rows and leaf not in seen:
+            seen.add(leaf)
+            path.append(rows[leaf])
+            leaf = rows[leaf].parent_id
+        return path[::-1]
+
+    # search
+    def search(self, query: str, limit: int = 50) -> list[SearchHit]:
+        """Messages in every chat whose text matches `query` (words, each a prefix), best first."""
+        words = [w.replace('"', '""') for w in query.split()]
+        if not words:
+            return []
+        match = " ".join(f'"{w}"*' for w in words)
+        try:
+            rows = self._read(
+                "SELECT m.id, m.chat_id, m.role, c.title, "
+                "snippet(messages_fts, 0, '«', '»', '…', 12) AS snip "
+                "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "
+                "JOIN chats c ON c.id = m.chat_id WHERE messages_fts MATCH ? "
+                "ORDER BY rank LIMIT ?", (match, limit),
+            )
+        except sqlite3.OperationalError:
+            return []  # a query FTS cannot parse finds nothing rather than failing
+        return [SearchHit(r["chat_id"], r["id"], r["title"], r["role"], r["snip"]) for r in rows]
 
     def set_flag(self, message_id: int, bad: bool) -> None:
         """Flag a reply as bad (kept for the learn-from-mistakes pipeline)."""
@@ -362,7 +479,7 @@ class Store:
         return [
             MessageRow(
                 r["id"], r["chat_id"], r["role"], r["content"], r["level"], r["trace_json"],
-                r["status"], r["created"], bool(r["flagged_bad"]),
+                r["status"], r["created"], bool(r["flagged_bad"]), r["parent_id"],
             )
             for r in rows
         ]
@@ -384,8 +501,9 @@ class Store:
         try:
             rows = self._read(
                 "SELECT m.id, m.chat_id, m.content, "
+                "COALESCE((SELECT p.content FROM messages p WHERE p.id = m.parent_id AND p.role = 'user'), "
                 "(SELECT u.content FROM messages u WHERE u.chat_id = m.chat_id AND u.id < m.id "
-                "AND u.role = 'user' ORDER BY u.id DESC LIMIT 1) AS user_text "
+                "AND u.role = 'user' ORDER BY u.id DESC LIMIT 1)) AS user_text "
                 "FROM messages m WHERE m.flagged_bad = 1 AND m.role = 'assistant' ORDER BY m.id"
             )
         except sqlite3.DatabaseError as exc:

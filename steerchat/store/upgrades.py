@@ -49,6 +49,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS messages_chat ON messages(chat_id, id)",
     )),
+    Migration(2, "branches: each message's parent (a tree per chat) and the chat's current leaf", (
+        "ALTER TABLE messages ADD COLUMN parent_id INTEGER REFERENCES messages(id) ON DELETE CASCADE",
+        "ALTER TABLE chats ADD COLUMN current_leaf INTEGER",
+        # A version-1 chat becomes one linear branch: each message follows the one before it.
+        """UPDATE messages SET parent_id = (SELECT MAX(p.id) FROM messages p
+            WHERE p.chat_id = messages.chat_id AND p.id < messages.id)""",
+        "UPDATE chats SET current_leaf = (SELECT MAX(m.id) FROM messages m WHERE m.chat_id = chats.id)",
+        "CREATE INDEX IF NOT EXISTS messages_parent ON messages(parent_id)",
+    )),
+    Migration(3, "full-text search over message text (FTS5), kept in sync by triggers", (
+        "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(content, content='messages', content_rowid='id')",
+        """CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+        END""",
+        """CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        END""",
+        """CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+        END""",
+        "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
+    )),
 )
 
 

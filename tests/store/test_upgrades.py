@@ -73,7 +73,7 @@ def test_fresh_database_gets_the_latest_version(tmp_path):
     path = tmp_path / "h.sqlite"
     store = Store(path)
     assert _columns(store, "messages") == ["id", "chat_id", "role", "content", "level", "trace_json",
-                                           "status", "created", "flagged_bad"]
+                                           "status", "created", "flagged_bad", "parent_id"]
     store.close()
     assert _user_version(path) == upgrades.latest_version()
 
