@@ -220,6 +220,7 @@ class Session:
         trace.timings.tokens_per_s = round((n_reply - 1) / gen_s, 2) if n_reply > 1 else 0.0
         trace.timings.prompt_tokens = int(prepared.input_ids.shape[1])
         trace.timings.reply_tokens = n_reply
+        trace.timings.context_tokens = steered.context_length or 0
         return trace
 
 
