@@ -33,6 +33,8 @@ class ModelEntry:
     sae_hub_path: str = ""  # folder inside the repo; {layer} is replaced by hook_layer
     sae_format: str = ""    # saelens, gemma-scope-2 or llama-scope
     prepared: bool = False  # made by `steerchat prepare` (lives under the user data folder)
+    size_mb: int = 0        # offline models: size of the shipped wheels, for the offline screen
+    cpu_tok_s: float = 0.0  # offline models: measured CPU decode speed, for the offline screen
 
     @property
     def user_dir(self) -> Path:
@@ -70,7 +72,7 @@ class ModelEntry:
 
     @property
     def is_gguf_wheel(self) -> bool:
-        return self.source.startswith("gguf:")
+        return self.source.startswith(("gguf:", "gguf-parts:"))
 
 
 @lru_cache(maxsize=1)

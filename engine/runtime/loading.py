@@ -29,6 +29,8 @@ from steerchat.engine.core.api import (
     ProgressCallback,
 )
 from steerchat.engine.core.paths import get_paths
+from steerchat.engine.runtime.gguf_parts import assemble as assemble_parts
+from steerchat.engine.runtime.gguf_parts import is_parts_source
 from steerchat.models import STARTER, ModelEntry, get_entry
 
 QUANT_CHOICES = ("auto", "4bit", "8bit", "none")
@@ -176,9 +178,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
+def _gguf_cache_dir(gguf: Path, dtype: str = "float32") -> Path:
     stat = gguf.stat()
-    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{CACHE_FORMAT}".encode()).hexdigest()[:12]
+    # float32 keeps the original key, so existing caches (the starter's) stay valid; another
+    # stored dtype gets its own folder
+    tag = "" if dtype == "float32" else f":{dtype}"
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{CACHE_FORMAT}{tag}".encode()).hexdigest()[:12]
     return get_paths().models_cache / f"{gguf.stem}-{key}"
 
 
@@ -231,8 +236,12 @@ def cache_is_valid(folder: Path, full_check: bool = False) -> bool:
         return False
 
 
-def convert_gguf(gguf: Path, progress: ProgressCallback | None = None, force: bool = False) -> Path:
-    """Dequantise a GGUF file once into a plain model folder in the cache; return that folder."""
+def convert_gguf(gguf: Path, progress: ProgressCallback | None = None, force: bool = False,
+                 dtype: str = "float32") -> Path:
+    """Dequantise a GGUF file once into a plain model folder in the cache; return that folder.
+
+    `dtype` is the dtype the weights are stored in (the registry's cpu_dtype: a bfloat16 cache
+    is half the size of a float32 one and loads without a cast)."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -243,7 +252,9 @@ def convert_gguf(gguf: Path, progress: ProgressCallback | None = None, force: bo
     cache = get_paths().models_cache
     if cache.exists() and not cache.is_dir():
         _move_aside(cache, "is a file, not the model cache folder", progress)
-    target = _gguf_cache_dir(gguf)
+    if dtype not in _DTYPES:
+        raise EngineError(f"Cannot store a converted model as {dtype!r}; use one of {', '.join(_DTYPES)}.")
+    target = _gguf_cache_dir(gguf, dtype)
     if target.exists() and not target.is_dir():
         _move_aside(target, "is a file, not a converted model folder", progress)
     if not force and cache_is_valid(target):
@@ -267,8 +278,11 @@ def convert_gguf(gguf: Path, progress: ProgressCallback | None = None, force: bo
                                     f"{(str(exc).splitlines() or [''])[0][:200]}).") from None
         _emit(progress, "convert", "Weights dequantised", 2, 3)
         tok.save_pretrained(str(tmp))
-        model.config.save_pretrained(str(tmp))
         model.generation_config.save_pretrained(str(tmp))
+        if dtype != "float32":
+            model.to(_DTYPES[dtype])
+            model.config.dtype = _DTYPES[dtype]
+        model.config.save_pretrained(str(tmp))
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied: stored once, as transformers expects
@@ -350,9 +364,13 @@ def load_model(spec: str, quant: str = "auto", device: str = "auto", dtype: str 
     dev = pick_device(device)
     name, source, entry = resolve(spec)
     gguf: Path | None = None
+    store = entry.cpu_dtype if entry is not None and entry.cpu_dtype in _DTYPES else "float32"
     if source.startswith("gguf:"):
         gguf = gguf_from_wheel(source)
-        folder = convert_gguf(gguf, progress)
+        folder = convert_gguf(gguf, progress, dtype=store)
+    elif is_parts_source(source):
+        gguf = assemble_parts(source, name, progress)
+        folder = convert_gguf(gguf, progress, dtype=store)
     elif source.endswith(".gguf") or Path(source).is_file():
         gguf = Path(source)
         folder = convert_gguf(gguf, progress)
@@ -400,7 +418,7 @@ def load_model(spec: str, quant: str = "auto", device: str = "auto", dtype: str 
         # A converted cache that does not load (damaged template, NaN weights with the mtime
         # kept): rebuild it from the GGUF once, then load again.
         _emit(progress, "convert", "The converted cache is damaged; converting again", 0, 3)
-        folder = convert_gguf(gguf, progress, force=True)
+        folder = convert_gguf(gguf, progress, force=True, dtype=store)
         tokenizer, model = _load()
     if qcfg is None:
         model.to(dev)
