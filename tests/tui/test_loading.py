@@ -77,3 +77,41 @@ def test_checklist_ticks_steps_before_the_current_one():
     assert checklist("quantise").plain.split() == ["✓", "Download", "✓", "Convert", "●", "Load", "/", "quantise",
                                                    "○", "SAE"]
     assert checklist("ready").plain.count("✓") == 4
+
+
+async def test_offline_screen_lists_both_offline_models_with_size_and_speed(make_app, engine):
+    engine.missing = ("phi-3-mini",)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and app.screen.failed, what="failure")
+        starter = str(app.screen.query_one("#starter").label)
+        qwen = app.screen.query_one("#use-qwen2_5-coder-0_5b")
+        assert qwen.display and app.screen.query_one("#starter").display
+        assert "smollm2-135m (98 MB, ~2.5 tok/s on this CPU)" in starter
+        assert "qwen2.5-coder-0.5b (491 MB, ~1 tok/s on this CPU)" in str(qwen.label)
+
+
+async def test_choosing_qwen_on_the_offline_screen_opens_it(make_app, engine):
+    engine.missing = ("phi-3-mini",)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and app.screen.failed, what="failure")
+        await pilot.click("#use-qwen2_5-coder-0_5b")
+        await ready(pilot)
+        assert [o["model"] for o in engine.opened] == ["phi-3-mini", "qwen2.5-coder-0.5b"]
+        assert app.session.model_name == "qwen2.5-coder-0.5b"
+
+
+async def test_offline_screen_hides_the_model_that_failed(make_app, engine):
+    engine.missing = ("qwen2.5-coder-0.5b",)
+    app = make_app(model="qwen2.5-coder-0.5b")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and app.screen.failed, what="failure")
+        assert not app.screen.query_one("#use-qwen2_5-coder-0_5b").display
+        assert app.screen.query_one("#starter").display
+
+
+def test_assembling_counts_as_the_convert_step():
+    from steerchat.tui.screens.loading import checklist
+
+    assert checklist("assemble").plain.split()[:4] == ["✓", "Download", "●", "Convert"]

@@ -1,23 +1,26 @@
 """The loading screen: download, conversion and quantisation progress while the model loads.
 
 The model loads in a thread worker, so this screen stays responsive. If the engine says
-the model is not available (offline, not cached), it says so and offers the starter model.
+the model is not available (offline, not cached), it says so and offers the models that
+ship as wheels and run offline (the starter and Qwen2.5-Coder), each with its size and the
+CPU speed measured for it (registry `size_mb`, `cpu_tok_s`).
 """
 
 from __future__ import annotations
 
 from rich.text import Text
 from steerchat.engine.core.api import LoadProgress
-from steerchat.models import STARTER
+from steerchat.models import STARTER, ModelEntry, registry
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Center, Horizontal, Vertical
+from textual.containers import Center, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Footer, ProgressBar, Static
 
 STAGES = {
     "download": "Downloading",
+    "assemble": "Assembling",
     "convert": "Converting",
     "load": "Loading weights",
     "quantise": "Quantising",
@@ -28,7 +31,7 @@ STAGES = {
 
 # The steps shown as a checklist; "load" and "quantise" are one step (quantising is loading).
 STEPS = (("download", "Download"), ("convert", "Convert"), ("quantise", "Load / quantise"), ("sae", "SAE"))
-STEP_OF = {"download": 0, "convert": 1, "load": 2, "quantise": 2, "sae": 3, "ready": 4}
+STEP_OF = {"download": 0, "assemble": 1, "convert": 1, "load": 2, "quantise": 2, "sae": 3, "ready": 4}
 
 
 def checklist(current: str) -> Text:
@@ -39,6 +42,23 @@ def checklist(current: str) -> Text:
         mark, style = ("✓", "green") if i < at else ("●", "bold") if i == at else ("○", "dim")
         out.append(f"{mark} {label}   ", style=style)
     return out
+
+
+def offline_models() -> list[ModelEntry]:
+    """The registry's models that ship inside wheels (run offline), the starter first."""
+    entries = [e for e in registry().values() if e.is_gguf_wheel]
+    return sorted(entries, key=lambda e: e.name != STARTER)
+
+
+def offline_label(entry: ModelEntry) -> str:
+    facts = [f"{entry.size_mb} MB" if entry.size_mb else "", f"~{entry.cpu_tok_s:g} tok/s on this CPU" if entry.cpu_tok_s else ""]
+    facts = ", ".join(f for f in facts if f)
+    what = "the starter model" if entry.name == STARTER else "the offline model"
+    return f"Use {what} {entry.name}" + (f" ({facts})" if facts else "")
+
+
+def _button_id(name: str) -> str:
+    return "starter" if name == STARTER else "use-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 class LoadingScreen(Screen):
@@ -57,8 +77,9 @@ class LoadingScreen(Screen):
     LoadingScreen ProgressBar { margin: 1 0; }
     LoadingScreen #error { color: $error; margin: 1 0; }
     LoadingScreen #warning { color: $warning; margin-bottom: 1; }
-    LoadingScreen Horizontal { height: auto; }
     LoadingScreen Button { margin-right: 2; }
+    LoadingScreen #actions { height: auto; }
+    LoadingScreen #actions Button { margin-bottom: 1; }
     """
 
     class UseModel(Message):
@@ -85,8 +106,10 @@ class LoadingScreen(Screen):
                 yield ProgressBar(total=None, show_eta=False, id="bar")
             yield Static("", id="detail")
             yield Static("", id="error")
-            with Horizontal(id="actions"):
-                yield Button(f"Use the starter model ({STARTER})", id="starter", variant="primary")
+            with Vertical(id="actions"):
+                for i, entry in enumerate(offline_models()):
+                    yield Button(offline_label(entry), id=_button_id(entry.name), name=entry.name,
+                                 variant="primary" if i == 0 else "default")
                 yield Button("Quit", id="quit")
         yield Footer()
 
@@ -108,7 +131,7 @@ class LoadingScreen(Screen):
         bar = self.query_one("#bar", ProgressBar)
         if step.total:
             bar.update(total=step.total, progress=step.done)
-            if step.stage == "download" and step.total > 1024:
+            if step.stage in ("download", "assemble") and step.total > 1024:
                 detail = f"{step.done / 2**20:.1f} of {step.total / 2**20:.1f} MiB"
             else:
                 detail = ""
@@ -125,9 +148,13 @@ class LoadingScreen(Screen):
         self.query_one("#bar").display = False
         self.query_one("#stage", Static).update(Text(f"Could not open {self.model}."))
         self.query_one("#actions").display = True
-        starter = self.query_one("#starter", Button)
-        starter.display = offer_starter and self.model != STARTER
-        (starter if starter.display else self.query_one("#quit", Button)).focus()
+        shown = []
+        for entry in offline_models():
+            button = self.query_one(f"#{_button_id(entry.name)}", Button)
+            button.display = offer_starter and self.model != entry.name
+            if button.display:
+                shown.append(button)
+        (shown[0] if shown else self.query_one("#quit", Button)).focus()
         self.refresh_bindings()
 
     def action_starter(self) -> None:
@@ -136,5 +163,7 @@ class LoadingScreen(Screen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "starter":
             self.action_starter()
+        elif event.button.id != "quit" and event.button.name:
+            self.post_message(self.UseModel(event.button.name))
         else:
             self.app.exit(return_code=1)
