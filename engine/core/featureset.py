@@ -42,6 +42,12 @@ class HarmGate:
     method: str = "features"
     skip_positions: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    # method "probe": a linear probe on the hook-layer residual h_t (no SAE features):
+    # score = bias + mean over user tokens of probe_user·h_t + mean over the template tokens
+    # after the user message of probe_template·h_t (engine.runtime.steering.FeatureGate)
+    probe_user: list[float] = field(default_factory=list)
+    probe_template: list[float] = field(default_factory=list)
+    bias: float = 0.0
 
 
 def _check_types(data: Any) -> None:
@@ -75,6 +81,12 @@ def _check_values(refusal: list[RefusalFeature], gate: HarmGate | None) -> None:
             raise ValueError(f"harm_gate: feature {min(gate.features)} is negative")
         if not all(math.isfinite(w) for w in gate.weights) or not math.isfinite(gate.threshold):
             raise ValueError("harm_gate: weights and threshold must be finite numbers")
+        if not all(math.isfinite(w) for w in gate.probe_user + gate.probe_template) or not math.isfinite(gate.bias):
+            raise ValueError("harm_gate: the probe's weights and bias must be finite numbers")
+        if gate.method == "probe" and not gate.probe_user:
+            raise ValueError("harm_gate: method 'probe' needs probe_user weights")
+        if gate.probe_template and len(gate.probe_template) != len(gate.probe_user):
+            raise ValueError("harm_gate: probe_user and probe_template differ in length")
 
 
 @dataclass
@@ -127,10 +139,16 @@ class FeatureSet:
             gate = data.get("harm_gate")
             harm_gate = None
             if gate:
+                if str(gate.get("method", "features")) != "probe":
+                    gate["features"], gate["weights"]  # a feature gate must name both (KeyError otherwise)
                 harm_gate = HarmGate(
-                    features=[int(f) for f in gate["features"]], weights=[float(w) for w in gate["weights"]],
+                    features=[int(f) for f in gate.get("features", [])],
+                    weights=[float(w) for w in gate.get("weights", [])],
                     threshold=float(gate["threshold"]), method=str(gate.get("method", "features")),
                     skip_positions=int(gate.get("skip_positions", 0)), metrics=dict(gate.get("metrics", {})),
+                    probe_user=[float(w) for w in gate.get("probe_user", [])],
+                    probe_template=[float(w) for w in gate.get("probe_template", [])],
+                    bias=float(gate.get("bias", 0.0)),
                 )
                 if len(harm_gate.features) != len(harm_gate.weights):
                     raise ValueError("harm_gate features and weights differ in length")

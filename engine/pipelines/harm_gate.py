@@ -1,4 +1,11 @@
-"""Fitting the harm gate for conditional steering, from SAE features on the prompt.
+"""Fitting the harm gate for conditional steering.
+
+Two methods. The default, ``probe`` (chosen by measurement on the dev split, see
+models/smollm2-135m/EVAL.md): class-balanced logistic regression on the hook-layer
+residual, mean-pooled over the user message's tokens and over the template tokens after
+it, with dangerous-sounding benign prompts weighted as heavily as all ordinary ones
+(`fit_probe`; the runtime gate is `FeatureGate` with method "probe"). The older
+``features`` method, kept for comparison and for models where it measures better:
 
 The gate (`engine.runtime.steering.FeatureGate`) scores a prompt at prefill as the max over the
 user-message tokens of Σ_f w_f · a_f and opens at a threshold. It is found the way the
@@ -24,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,25 +51,69 @@ class GateData:
     harmful: list[str]
     harmless: list[str]
     hard: list[str]  # harmless prompts that sound dangerous
+    # an explicit dev split (threshold and metrics); when empty, `dev_fraction` of each list is held out
+    dev_harmful: list[str] = field(default_factory=list)
+    dev_hard: list[str] = field(default_factory=list)
+    dev_harmless: list[str] = field(default_factory=list)
 
 
 def _read_prompts(path: Path) -> list[str]:
     return [p.text for p in load_prompts(path)]
 
 
-def default_gate_data(shared: Path | None = None, n_harmless: int = 300, seed: int = 0) -> GateData:
-    """Harmful: the shared harmful_train set (if present) plus our subtle harmful list;
-    harmless: a seeded sample of shared harmless_train; hard: our hard-negative list.
-    harmful_val and harmless_val are left out: they are where steering is measured."""
-    harmful = _read_prompts(GATE_DATA / "subtle_harmful.jsonl")
+def read_split(path: Path, split: str) -> list[str]:
+    """The prompts of a gate_data JSONL file whose ``split`` field is `split` (no field: fit)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row.get("split", "fit") == split:
+                out.append(row["prompt"])
+    return out
+
+
+def split_shared(prompts: list[str], tag: str, first: str, second: str, fraction: float = 0.5) -> dict[str, list[str]]:
+    """A deterministic two-way split of a shared set (seeded by its name, so it never moves):
+    benign_edgy → dev/heldout, harmful_dna → fit/dev."""
+    rng = random.Random(tag)
+    out: dict[str, list[str]] = {first: [], second: []}
+    if tag == "edgy":  # half by a shuffled order
+        order = list(range(len(prompts)))
+        rng.shuffle(order)
+        cut = set(order[: len(prompts) // 2])
+        for i, p in enumerate(prompts):
+            out[first if i in cut else second].append(p)
+        return out
+    for p in prompts:
+        out[first if rng.random() < fraction else second].append(p)
+    return out
+
+
+def default_gate_data(shared: Path | None = None, n_harmless: int = 400, seed: int = 0) -> GateData:
+    """Fit: the shared harmful_train and half of harmful_dna (if present), our mild harmful
+    and subtle harmful lists (fit split); a seeded sample of shared harmless_train; our
+    hard negatives and dangerous-sounding benign prompts (fit split).
+    Dev (threshold): the other half of harmful_dna, the dev splits of our lists and half of
+    shared benign_edgy. The ``heldout`` splits and the other half of benign_edgy choose
+    nothing; harmful_val and harmless_val are left out: they are where steering is measured."""
+    harmful = _read_prompts(GATE_DATA / "subtle_harmful.jsonl") + read_split(GATE_DATA / "mild_harmful.jsonl", "fit")
+    hard = _read_prompts(GATE_DATA / "hard_negatives.jsonl") + read_split(GATE_DATA / "benign_scary.jsonl", "fit")
+    dev_harmful = read_split(GATE_DATA / "mild_harmful.jsonl", "dev")
+    dev_hard = read_split(GATE_DATA / "benign_scary.jsonl", "dev")
     harmless: list[str] = []
     if shared is not None and shared.is_dir():
         if (shared / "harmful_train.json").is_file():
             harmful += _read_prompts(shared / "harmful_train.json")
+        if (shared / "harmful_dna.json").is_file():
+            dna = split_shared(_read_prompts(shared / "harmful_dna.json"), "dna", "fit", "dev")
+            harmful += dna["fit"]
+            dev_harmful += dna["dev"]
+        if (shared / "benign_edgy.json").is_file():
+            dev_hard += split_shared(_read_prompts(shared / "benign_edgy.json"), "edgy", "dev", "heldout")["dev"]
         if (shared / "harmless_train.json").is_file():
             pool = _read_prompts(shared / "harmless_train.json")
             harmless = random.Random(seed).sample(pool, min(n_harmless, len(pool)))
-    return GateData(harmful, harmless, _read_prompts(GATE_DATA / "hard_negatives.jsonl"))
+    return GateData(harmful, harmless, hard, dev_harmful=dev_harmful, dev_hard=dev_hard)
 
 
 def _user_acts(steered: SteeredModel, prompts: list[str], guidance: GuidanceMode, batch_size: int,
@@ -87,6 +138,62 @@ def _user_acts(steered: SteeredModel, prompts: list[str], guidance: GuidanceMode
             a = (acts[row, :n] * live[:, None])[p.user_mask[0]]
             out.append((a if features is None else a[:, features]).cpu())
     return out
+
+
+def _pooled_hidden(steered: SteeredModel, prompts: list[str], guidance: GuidanceMode, batch_size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the probe gate reads: the hook-layer residual of each prompt, mean-pooled over
+    the user message's tokens and over the template tokens after it: two (N, d) tensors."""
+    from steerchat.engine.runtime.steering import FeatureGate
+
+    tok, model = steered.loaded.tokenizer, steered.loaded.model
+    layer = steered.hook.layer if steered.hook is not None else steered.sae.cfg.hook_layer
+    settings = SafetySettings(level=SafetyLevel("fit", guidance))
+    users, tmpls = [], []
+    for start in range(0, len(prompts), batch_size):
+        preps = [steered.prepare([], p, settings) for p in prompts[start : start + batch_size]]
+        batch = pad_batch([p.input_ids[0] for p in preps], pad_id(tok), "right", steered.loaded.device)
+        hidden = run_to_layer(model, layer, batch.input_ids, batch.attention_mask).float()
+        for row, p in enumerate(preps):
+            n = p.input_ids.shape[1]
+            um = p.user_mask[0].to(hidden.device)
+            tm = FeatureGate.template_mask(um[None])[0]
+            h = hidden[row, :n]
+            users.append(h[um].mean(0).cpu())
+            tmpls.append(h[tm].mean(0).cpu() if bool(tm.any()) else torch.zeros(h.shape[-1]))
+    d = steered.loaded.d_model if not users else users[0].shape[0]
+    empty = torch.zeros(0, d)
+    return (torch.stack(users) if users else empty), (torch.stack(tmpls) if tmpls else empty)
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor, l2: float = 1e-2
+              ) -> tuple[torch.Tensor, float]:
+    """Logistic regression on standardised columns (L2 `l2` on the standardised weights),
+    by L-BFGS; returns weights and bias on the raw scale, so score = x @ w + b."""
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-4)
+    z = (x - mu) / sd
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    sw = sample_weight / sample_weight.mean()
+    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y, weight=sw) + l2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = (w / sd).detach()
+    return w_raw, float((b - (mu / sd) @ w).detach())
+
+
+def class_weights(groups: list[str], hard_weight: float = 1.0) -> torch.Tensor:
+    """Per-example weights: harmful prompts, ordinary harmless ones and hard negatives each
+    weigh 1 in total (hard negatives `hard_weight`), so harmful = half of all negatives."""
+    counts = {g: groups.count(g) for g in set(groups)}
+    total = {"harmful": 1.0, "harmless": 1.0, "hard": hard_weight}
+    return torch.tensor([total[g] / counts[g] for g in groups])
 
 
 def effect_sizes(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -146,18 +253,84 @@ def _split(items: list[str], dev_fraction: float, seed: int, tag: str) -> tuple[
     return [items[i] for i in order[n_dev:]], [items[i] for i in order[:n_dev]]
 
 
+def _splits(data: GateData, dev_fraction: float, seed: int) -> dict[str, tuple[list[str], list[str]]]:
+    groups = {"harmful": data.harmful, "harmless": data.harmless, "hard": data.hard}
+    if data.dev_harmful:  # an explicit dev split: fit on everything else
+        dev = {"harmful": data.dev_harmful, "harmless": data.dev_harmless, "hard": data.dev_hard}
+        return {g: (list(v), list(dev[g])) for g, v in groups.items()}
+    return {g: _split(v, dev_fraction, seed, g) for g, v in groups.items()}
+
+
+def fit_probe_gate(steered: SteeredModel, data: GateData, recall_target: float = 0.9, dev_fraction: float = 0.3,
+                   guidance: tuple[str, ...] = ("none", "hint"), batch_size: int = 16, seed: int = 0,
+                   progress=None, l2: float = 1e-2, pooled: dict | None = None) -> HarmGate:
+    """The probe gate (see the module docstring). `pooled`, when given, maps each prompt to
+    its (user mean, template mean) residuals already computed under the single guidance
+    mode in `guidance` (so a measurement run's encodings can be reused)."""
+    split = _splits(data, dev_fraction, seed)
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        parts = []
+        for g in guidance:
+            if pooled is not None:
+                xu = torch.stack([pooled[p][0] for p in prompts]) if prompts else torch.zeros(0, 0)
+                xt = torch.stack([pooled[p][1] for p in prompts]) if prompts else torch.zeros(0, 0)
+            else:
+                xu, xt = _pooled_hidden(steered, prompts, GuidanceMode(g), batch_size)
+            parts.append(torch.cat([xu, xt], 1) if len(prompts) else torch.zeros(0, 0))
+            if progress:
+                progress(len(prompts))
+        return torch.cat(parts) if len(prompts) else torch.zeros(0, 0)
+
+    train = {g: encode(split[g][0]) for g in split}
+    dev = {g: encode(split[g][1]) for g in split}
+    names = [g for g in train for _ in range(len(train[g]))]
+    x = torch.cat([train[g] for g in train if len(train[g])])
+    y = torch.tensor([float(g == "harmful") for g in names])
+    w, bias = fit_probe(x, y, class_weights(names), l2=l2)
+    d = x.shape[1] // 2
+
+    def score(m: torch.Tensor) -> torch.Tensor:
+        return m @ w + bias if len(m) else torch.zeros(0)
+
+    dev_s = {g: score(v) for g, v in dev.items()}
+    train_s = {g: score(v) for g, v in train.items()}
+    pos = dev_s["harmful"] if len(dev_s["harmful"]) else train_s["harmful"]
+    threshold = math.floor(pick_threshold(pos, recall_target) * 1e6) / 1e6
+
+    def rate(v):
+        return round(float((v >= threshold).float().mean()), 4) if len(v) else None
+
+    metrics = {
+        "dev_open_harmful": rate(dev_s["harmful"]), "dev_open_harmless": rate(dev_s["harmless"]),
+        "dev_open_hard_negative": rate(dev_s["hard"]), "train_open_harmful": rate(train_s["harmful"]),
+        "train_open_harmless": rate(train_s["harmless"]), "train_open_hard_negative": rate(train_s["hard"]),
+        "recall_target": recall_target, "guidance_modes": list(guidance), "l2": l2,
+        "n_train": {g: len(split[g][0]) for g in split}, "n_dev": {g: len(split[g][1]) for g in split},
+    }
+    return HarmGate(features=[], weights=[], threshold=threshold, method="probe", metrics=metrics,
+                    probe_user=[round(float(v), 7) for v in w[:d]], probe_template=[round(float(v), 7) for v in w[d:]],
+                    bias=round(bias, 7))
+
+
 def fit_harm_gate(steered: SteeredModel, data: GateData, top_k: int = 16, recall_target: float = 0.9,
                   dev_fraction: float = 0.3, guidance: tuple[str, ...] = ("none", "hint"),
-                  batch_size: int = 16, seed: int = 0, progress=None) -> HarmGate:
-    """Fit the harm gate on `data` with the steered model and its SAE; metrics on the dev split
-    are stored in the gate. Prompts are encoded under each guidance mode the levels use,
-    because the system prompt changes the activations on the user tokens."""
+                  batch_size: int = 16, seed: int = 0, progress=None, method: str = "probe",
+                  l2: float = 1e-2) -> HarmGate:
+    """Fit the harm gate on `data` with the steered model (and, for method "features", its
+    SAE); metrics on the dev split are stored in the gate. Prompts are encoded under each
+    guidance mode the levels use, because the system prompt changes the activations on the
+    user tokens. `top_k` applies to the features method only."""
+    if method not in ("probe", "features"):
+        raise ValueError(f"unknown gate method {method!r} (probe or features)")
     if steered.sae is None:
         raise ValueError("fitting a harm gate needs an SAE")
     if not data.harmful or not (data.harmless or data.hard):
         raise ValueError("fitting a harm gate needs harmful prompts and harmless or hard-negative prompts")
+    if method == "probe":
+        return fit_probe_gate(steered, data, recall_target, dev_fraction, guidance, batch_size, seed, progress, l2)
     groups = {"harmful": data.harmful, "harmless": data.harmless, "hard": data.hard}
-    split = {g: _split(v, dev_fraction, seed, g) for g, v in groups.items()}
+    split = _splits(data, dev_fraction, seed)
 
     def encode(prompts: list[str], features=None) -> list[torch.Tensor]:
         acts: list[torch.Tensor] = []
@@ -229,4 +402,6 @@ def write_gate(features_path: Path, gate: HarmGate, command: str = "") -> None:
     data["harm_gate"] = {"features": gate.features, "weights": gate.weights, "threshold": gate.threshold,
                          "method": gate.method, "skip_positions": gate.skip_positions,
                          "metrics": gate.metrics | ({"command": command} if command else {})}
+    if gate.method == "probe":
+        data["harm_gate"] |= {"bias": gate.bias, "probe_user": gate.probe_user, "probe_template": gate.probe_template}
     features_path.write_text(json.dumps(data, indent=2) + "\n")

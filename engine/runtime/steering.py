@@ -43,22 +43,43 @@ class ClampRequest:
 class FeatureGate:
     """Conditional steering: is this prompt harmful enough to steer?
 
-    score = max over prompt positions of sum_f w_f * a_f(x), read at prefill on the SAE's
-    own (unclamped) activations; the gate opens where score >= threshold.
+    method "features": score = max over prompt positions of sum_f w_f * a_f(x), read at
+    prefill on the SAE's own (unclamped) activations.
+    method "probe": a linear probe on the hook-layer residual h_t itself:
+    score = bias + mean over user tokens of u·h_t + mean over the template tokens after the
+    user message (where an instruction model settles whether to refuse) of v·h_t, so each
+    position's share of the score is u·h_t / n_user or v·h_t / n_template.
+    The gate opens where score >= threshold.
     """
 
     features: list[int]
     weights: list[float]
     threshold: float
     skip_positions: int = 0  # leading template tokens that carry no prompt content
+    method: str = "features"
+    probe_user: list[float] = field(default_factory=list)
+    probe_template: list[float] = field(default_factory=list)
+    bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.last_signals: list[dict[str, torch.Tensor]] | None = None
 
     @classmethod
     def from_spec(cls, gate: HarmGate) -> "FeatureGate":
         """The runtime gate for a fitted `HarmGate` read from features.json."""
-        return cls(list(gate.features), list(gate.weights), gate.threshold, gate.skip_positions)
+        return cls(list(gate.features), list(gate.weights), gate.threshold, gate.skip_positions,
+                   gate.method, list(gate.probe_user), list(gate.probe_template), gate.bias)
 
-    def scores(self, acts: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sequence scores (B,) and per-position scores (B, T)."""
+    @property
+    def is_probe(self) -> bool:
+        return self.method == "probe"
+
+    def scores(self, acts: torch.Tensor, mask: torch.Tensor | None,
+               hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence scores (B,) and per-position scores (B, T): for a probe, each
+        position's additive share of the score (-inf where a position does not count)."""
+        if self.is_probe:
+            return self._probe_scores(hidden if hidden is not None else acts, mask)
         w = torch.tensor(self.weights, dtype=acts.dtype, device=acts.device)
         per_pos = acts[..., self.features] @ w
         if self.skip_positions:
@@ -66,6 +87,41 @@ class FeatureGate:
         if mask is not None:
             per_pos = per_pos.masked_fill(~mask.bool(), float("-inf"))
         return per_pos.max(dim=-1).values, per_pos
+
+    @staticmethod
+    def template_mask(user: torch.Tensor) -> torch.Tensor:
+        """Positions after each row's last user token (the chat template's closing and
+        the assistant header, in a prefill that ends with the generation prompt)."""
+        t = user.shape[-1]
+        pos = torch.arange(t, device=user.device).expand_as(user)
+        last = torch.where(user, pos, torch.full_like(pos, -1)).amax(dim=-1, keepdim=True)
+        return (pos > last) & (last >= 0)
+
+    def _probe_scores(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = hidden.float()
+        b, t = h.shape[:2]
+        user = mask.bool().to(h.device) if mask is not None else torch.ones(b, t, dtype=torch.bool, device=h.device)
+        if self.skip_positions:
+            user = user.clone()
+            user[:, : self.skip_positions] = False
+        u = torch.tensor(self.probe_user, dtype=h.dtype, device=h.device)
+        per_pos = torch.zeros(b, t, dtype=h.dtype, device=h.device)
+        n_user = user.sum(-1, keepdim=True).clamp_min(1)
+        user_part = (h @ u) * user / n_user
+        per_pos = per_pos + user_part
+        counted = user
+        signals = {"user": user_part.sum(-1)}
+        if self.probe_template:
+            tmpl = self.template_mask(user)
+            v = torch.tensor(self.probe_template, dtype=h.dtype, device=h.device)
+            tmpl_part = (h @ v) * tmpl / tmpl.sum(-1, keepdim=True).clamp_min(1)
+            per_pos = per_pos + tmpl_part
+            counted = counted | tmpl
+            signals["template"] = tmpl_part.sum(-1)
+        score = per_pos.sum(-1) + self.bias
+        self.last_signals = [{k: float(v[i]) for k, v in signals.items()} | {"bias": float(self.bias)}
+                             for i in range(b)]
+        return score, per_pos.masked_fill(~counted, float("-inf"))
 
 
 @dataclass
@@ -131,7 +187,7 @@ class SteeringHook:
             acts = self.sae.encode(hidden) * live[..., None]
             natural = acts[..., self.refusal_features]
             if self.gate is not None and self.gate_scores is None:
-                self.gate_scores, self.gate_positions = self.gate.scores(acts, self.prompt_mask)
+                self.gate_scores, self.gate_positions = self.gate.scores(acts, self.prompt_mask, hidden)
                 self.gate_open = self.gate_scores >= self.gate.threshold
             request = self.control() if self.control is not None else ClampRequest(None)
             targets = request.targets if self.refusal_features else None

@@ -85,7 +85,16 @@ def build_trace_features(
         finite = torch.isfinite(per_pos)
         order = per_pos.masked_fill(~finite, float("-inf")).argsort(descending=True)
         top = [(pieces[int(p)], _r(per_pos[p])) for p in order[:GATE_TOKENS].tolist() if finite[p] and per_pos[p] > 0]
+        low = per_pos.masked_fill(~finite, float("inf")).argsort()
+        bottom = [(pieces[int(p)], _r(per_pos[p])) for p in low[:GATE_TOKENS].tolist() if finite[p] and per_pos[p] < 0]
+        signals: list[tuple[str, float]] = []
+        last = getattr(hook.gate, "last_signals", None)
+        if getattr(hook.gate, "is_probe", False) and last:
+            names = {"user": "user tokens (mean of u·h)", "template": "template tokens after the message (mean of v·h)",
+                     "bias": "bias"}
+            signals = [(names.get(k, k), _r(v)) for k, v in last[0].items()]
         trace.gate = GateDecision(
             score=_r(hook.gate_scores[0]), threshold=_r(hook.gate.threshold), open=bool(hook.gate_open[0]),
             method=features.harm_gate.method if features.harm_gate else "features", top_tokens=top,
+            bottom_tokens=bottom if getattr(hook.gate, "is_probe", False) else [], signals=signals,
         )

@@ -109,7 +109,12 @@ def gate_text(trace: TurnTrace) -> str:
     if not trace.conditional:
         state = "open" if gate.open else "closed"
         state += " (this level steers regardless)" if trace.strength > 0 else ""
-    return f"{level}\nThe harm gate scored the prompt {gate.score:.2f} against a threshold of {gate.threshold:.2f}: {state}."
+    text = f"{level}\nThe harm gate scored the prompt {gate.score:.2f} against a threshold of {gate.threshold:.2f}: {state}."
+    if gate.method == "probe":
+        text += "\nIt is a linear probe on the residual stream; a token's share of the score is the probe's dot product with it."
+    if gate.signals:
+        text += "\nThe score is the sum of: " + ", ".join(f"{name} {value:+.2f}" for name, value in gate.signals) + "."
+    return text
 
 
 def harm_tokens(trace: TurnTrace) -> Text:
@@ -121,6 +126,12 @@ def harm_tokens(trace: TurnTrace) -> Text:
     for token, score in sorted(tokens, key=lambda t: t[1], reverse=True)[:10]:
         out.append(f" {sanitize(token)} ", style="bold white on dark_red")
         out.append(f" {score:.1f}  ", style="dim")
+    bottom = getattr(trace.gate, "bottom_tokens", None) or []
+    if bottom:
+        out.append("\nTokens that pushed the score down (towards closed): ")
+        for token, score in sorted(bottom, key=lambda t: t[1])[:10]:
+            out.append(f" {sanitize(token)} ", style="bold white on dark_green")
+            out.append(f" {score:.2f}  ", style="dim")
     return out
 
 

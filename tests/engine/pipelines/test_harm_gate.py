@@ -68,7 +68,7 @@ def test_fitted_gate_scores_match_the_runtime_gate(session, tmp_path):
     from steerchat.engine.runtime.steering import FeatureGate
 
     gate = fit_harm_gate(session, GateData(HARMFUL, HARMLESS, HARD), top_k=6, recall_target=1.0,
-                         dev_fraction=0.34, guidance=("none",), batch_size=4)
+                         dev_fraction=0.34, guidance=("none",), batch_size=4, method="features")
     assert 0 < len(gate.features) <= 6 and len(gate.weights) == len(gate.features)
     assert all(w > 0 for w in gate.weights)
     assert gate.metrics["dev_open_harmful"] == 1.0  # recall target 1.0 on the dev harmful prompts
@@ -124,3 +124,74 @@ def test_default_gate_data_keeps_the_validation_sets_out(tmp_path):
     assert data.hard and "val harmless" not in data.hard
     without = default_gate_data(None)
     assert without.harmless == [] and "train harm 1" not in without.harmful and without.harmful
+
+
+def test_gate_data_splits_keep_heldout_out_of_fit_and_dev(tmp_path):
+    from steerchat.engine.pipelines.harm_gate import GATE_DATA, default_gate_data, read_split
+
+    edgy = [f"edgy {i}" for i in range(10)]
+    dna = [f"dna {i}" for i in range(40)]
+    (tmp_path / "benign_edgy.json").write_text(json.dumps([{"instruction": p} for p in edgy]))
+    (tmp_path / "harmful_dna.json").write_text(json.dumps([{"instruction": p} for p in dna]))
+    data = default_gate_data(tmp_path)
+    used = set(data.harmful + data.harmless + data.hard + data.dev_harmful + data.dev_hard)
+    for name in ("benign_scary.jsonl", "mild_harmful.jsonl"):
+        rows = [json.loads(line) for line in (GATE_DATA / name).read_text().splitlines() if line.strip()]
+        assert {r["split"] for r in rows} == {"fit", "dev", "heldout"} and all(r.get("category") for r in rows)
+        held = read_split(GATE_DATA / name, "heldout")
+        assert held and not used & set(held)
+    assert len(read_split(GATE_DATA / "benign_scary.jsonl", "fit")) + len(read_split(GATE_DATA / "benign_scary.jsonl", "dev")) \
+        + len(read_split(GATE_DATA / "benign_scary.jsonl", "heldout")) >= 150
+    # benign_edgy: exactly half for dev, the other half chooses nothing; harmful_dna split fit/dev, none lost
+    assert len([p for p in edgy if p in data.dev_hard]) == 5 and not set(edgy) & set(data.hard)
+    assert {p for p in dna if p in data.harmful} | {p for p in dna if p in data.dev_harmful} == set(dna)
+    assert not {p for p in dna if p in data.harmful} & set(data.dev_harmful)
+    assert default_gate_data(tmp_path).dev_hard == data.dev_hard  # deterministic
+
+
+def test_fit_probe_recovers_a_direction():
+    from steerchat.engine.pipelines.harm_gate import class_weights, fit_probe
+
+    torch.manual_seed(0)
+    x = torch.randn(200, 5)
+    y = (x[:, 2] > 0).float()
+    w, b = fit_probe(x, y, torch.ones(200), l2=1e-3)
+    assert int(w.abs().argmax()) == 2 and w[2] > 0
+    assert float((((x @ w + b) > 0).float() == y).float().mean()) > 0.97
+    cw = class_weights(["harmful", "harmful", "harmless", "hard", "hard", "hard", "hard"], hard_weight=1.0)
+    assert cw.tolist() == pytest.approx([0.5, 0.5, 1.0, 0.25, 0.25, 0.25, 0.25])
+
+
+def test_probe_gate_matches_the_runtime_gate_and_round_trips(session, tmp_path):
+    from steerchat.engine.pipelines.harm_gate import _pooled_hidden
+    from steerchat.engine.runtime.batch import generate_batch
+
+    data = GateData(HARMFUL[:4], HARMLESS[:3], HARD[:2], dev_harmful=HARMFUL[4:], dev_hard=HARD[2:])
+    gate = fit_harm_gate(session, data, recall_target=1.0, guidance=("none",), batch_size=4)
+    assert gate.method == "probe" and not gate.features
+    assert len(gate.probe_user) == len(gate.probe_template) == session.loaded.d_model
+    assert gate.metrics["n_dev"] == {"harmful": 2, "harmless": 0, "hard": 2}
+    assert gate.metrics["dev_open_harmful"] == 1.0
+    prompts = HARMFUL[:2] + HARD[:2]
+    xu, xt = _pooled_hidden(session, prompts, GuidanceMode.NONE, 4)
+    offline = xu @ torch.tensor(gate.probe_user) + xt @ torch.tensor(gate.probe_template) + gate.bias
+    session.hook.gate = FeatureGate.from_spec(gate)
+    try:
+        live = generate_batch(session, prompts, SafetySettings(), max_new_tokens=1, batch_size=4)
+        decided = gate_decisions(session, prompts, SafetySettings(), batch_size=3)
+    finally:
+        session.hook.gate = None
+    assert [r.gate_score for r in live] == pytest.approx(offline.tolist(), abs=1e-3)
+    assert [d[0] for d in decided] == pytest.approx(offline.tolist(), abs=1e-3)
+    assert [r.gate_open for r in live] == [s >= gate.threshold for s in offline.tolist()]
+
+    FeatureSet(refusal_features=[RefusalFeature(3, 2.0)], sae="tiny").save(tmp_path)
+    write_gate(tmp_path / "features.json", gate)
+    back = FeatureSet.load(tmp_path / "features.json").harm_gate
+    assert back.method == "probe" and back.probe_user == gate.probe_user and back.bias == gate.bias
+    assert back.probe_template == gate.probe_template and back.threshold == gate.threshold
+
+
+def test_unknown_gate_method_is_refused(session):
+    with pytest.raises(ValueError, match="unknown gate method"):
+        fit_harm_gate(session, GateData(HARMFUL, HARMLESS, HARD), method="magic")

@@ -166,3 +166,41 @@ def test_attention_sink_positions_are_neither_recorded_nor_clamped(sae):
     # a later decode step is judged against the prompt's median norm
     step = hidden[:, :1].clone()
     assert torch.equal(hook._hook(None, (), step), step)
+
+
+def test_probe_gate_is_mean_user_plus_mean_template_plus_bias():
+    torch.manual_seed(0)
+    h = torch.randn(2, 6, 4)
+    # row 0: user tokens 1..3, template 4..5; row 1 (left-padded): user 2..3, template 4..5
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 0, 0]], dtype=torch.bool)
+    u, v = [1.0, -2.0, 0.5, 0.0], [0.0, 1.0, 1.0, -1.0]
+    gate = FeatureGate([], [], threshold=0.0, method="probe", probe_user=u, probe_template=v, bias=0.25)
+    score, per_pos = gate.scores(torch.zeros(2, 6, 3), mask, hidden=h)
+    ut, vt = torch.tensor(u), torch.tensor(v)
+    want0 = float((h[0, 1:4] @ ut).mean() + (h[0, 4:6] @ vt).mean() + 0.25)
+    want1 = float((h[1, 2:4] @ ut).mean() + (h[1, 4:6] @ vt).mean() + 0.25)
+    assert score.tolist() == pytest.approx([want0, want1], abs=1e-5)
+    # per-position shares add up to the score less the bias, and positions that do not count are -inf
+    finite = torch.isfinite(per_pos)
+    assert finite.tolist() == [[False, True, True, True, True, True], [False, False, True, True, True, True]]
+    assert float(per_pos[0][finite[0]].sum()) == pytest.approx(want0 - 0.25, abs=1e-5)
+    assert float(per_pos[0, 2]) == pytest.approx(float(h[0, 2] @ ut) / 3, abs=1e-5)
+    assert gate.last_signals[1]["template"] == pytest.approx(float((h[1, 4:6] @ vt).mean()), abs=1e-5)
+    assert FeatureGate.template_mask(mask).tolist() == [[False] * 4 + [True, True], [False] * 4 + [True, True]]
+
+
+def test_probe_gate_from_spec_and_trace_loads_old_gate():
+    from steerchat.engine.core.featureset import HarmGate
+    from steerchat.engine.core.trace import TurnTrace
+
+    g = FeatureGate.from_spec(HarmGate([], [], 1.5, method="probe", probe_user=[1.0, 2.0], probe_template=[], bias=-1.0))
+    assert g.is_probe and g.bias == -1.0 and g.probe_user == [1.0, 2.0]
+    score, _ = g.scores(torch.zeros(1, 2, 3), torch.tensor([[True, True]]), hidden=torch.tensor([[[1.0, 1.0], [3.0, 0.0]]]))
+    assert float(score[0]) == pytest.approx((3.0 + 3.0) / 2 - 1.0)
+    old = {"prompt": "p", "reply": "r", "level": "Low", "guidance_mode": "none", "guidance_text": None, "strength": 1.0,
+           "conditional": True, "model": "m", "gate": {"score": 1.0, "threshold": 0.5, "open": True, "method": "features",
+                                                     "top_tokens": [["kill", 0.7]]}}
+    t = TurnTrace.from_dict(old)
+    assert t.gate.top_tokens == [("kill", 0.7)] and t.gate.signals == [] and t.gate.bottom_tokens == []
+    t.gate.signals = [("bias", -1.0)]
+    assert TurnTrace.from_json(t.to_json()).gate.signals == [("bias", -1.0)]
