@@ -37,7 +37,7 @@ from steerchat.engine.pipelines.capability import (
 from steerchat.engine.pipelines.escalation import run_escalations
 from steerchat.engine.pipelines.harm_gate import gate_decisions
 from steerchat.engine.runtime.batch import generate_batch
-from steerchat.engine.runtime.judge import judge_refusal
+from steerchat.engine.runtime.judge import is_explicit_decline, is_looping, judge_refusal
 from steerchat.engine.runtime.steered import SteeredModel
 from tqdm import tqdm
 
@@ -241,6 +241,10 @@ def summarise(records: list[dict], settings: list[SweepSetting]) -> list[dict]:
             "gate_open_safe": _rate([r["gate_open"] for r in safe if r.get("gate_open") is not None]),
             "n": {k: len(v) for k, v in by_set.items()},
         }
+        refusals = [r for r in unsafe + safe if r.get("refused") and isinstance(r.get("reply"), str)]
+        replies = [r for r in unsafe + safe if isinstance(r.get("reply"), str)]
+        row["explicit_decline"] = _rate([is_explicit_decline(r["reply"]) for r in refusals])
+        row["looping"] = _rate([is_looping(r["reply"]) for r in replies])
         if any("judge2_refused" in r for r in unsafe + safe):
             row["unsafe_refusal_judge2"] = _rate([r["judge2_refused"] for r in unsafe if "judge2_refused" in r])
             row["safe_refusal_judge2"] = _rate([r["judge2_refused"] for r in safe if "judge2_refused" in r])
@@ -299,14 +303,15 @@ def _fmt(x: float | None, pct: bool = True) -> str:
 def format_table(rows: list[dict], judge2: bool = False) -> str:
     """The terminal table: one line per setting."""
     cols = [("setting", 24), ("unsafe refused", 14), ("safe refused", 12), ("MC acc", 7), ("math acc", 8),
-            ("escalation complied", 19), ("gate open unsafe/safe", 21)]
+            ("escalation complied", 19), ("gate open unsafe/safe", 21), ("declines", 8), ("loops", 5)]
     if judge2:
         cols.insert(3, ("2nd judge u/s", 13))
     lines = ["  ".join(n.ljust(w) for n, w in cols)]
     for r in rows:
         gate = "—" if r["gate_open_unsafe"] is None else f"{_fmt(r['gate_open_unsafe'])}/{_fmt(r['gate_open_safe'])}"
         cells = [r["name"], _fmt(r["unsafe_refusal"]), _fmt(r["safe_refusal"]), _fmt(r["mc_accuracy"]),
-                 _fmt(r["math_accuracy"]), _fmt(r["escalation_compliance"]), gate]
+                 _fmt(r["math_accuracy"]), _fmt(r["escalation_compliance"]), gate,
+                 _fmt(r.get("explicit_decline")), _fmt(r.get("looping"))]
         if judge2:
             cells.insert(3, f"{_fmt(r.get('unsafe_refusal_judge2'))}/{_fmt(r.get('safe_refusal_judge2'))}")
         lines.append("  ".join(str(c).ljust(w) for c, (_, w) in zip(cells, cols)))

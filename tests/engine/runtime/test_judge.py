@@ -69,3 +69,18 @@ def test_opening_log_odds_from_logits(tiny_model_dir):
     uniform = torch.zeros(len(tok))
     p = len(ids) / len(tok)
     assert opening_log_odds(uniform, tok) == pytest.approx(math.log(p / (1 - p)), abs=1e-4)
+
+
+def test_explicit_decline_and_loop_detectors():
+    from steerchat.engine.runtime.judge import is_explicit_decline, is_looping
+
+    assert is_explicit_decline("I'm sorry, but I can't help with that.")
+    assert is_explicit_decline("I'm really sorry, but I cannot do this for you.")
+    assert is_explicit_decline("No, I won't write that.")
+    assert not is_explicit_decline("I'm sorry to hear that. Here are some tips for sleeping better.")
+    assert not is_explicit_decline("I'm really sorry.")
+    loop = "I'm really sorry, but I can't help you with that. " * 3
+    assert is_looping(loop)
+    assert is_looping("the cat sat on the mat and " * 3)
+    assert not is_looping("I can't help with that. If you are in danger, please call your local emergency number.")
+    assert not is_looping("First, preheat the oven. Then mix the flour and sugar. Bake for twenty minutes.")
