@@ -190,7 +190,8 @@ def _fit_gate(args, steered) -> None:
                              seed=args.seed, progress=bar.update)
     write_gate(path, gate, command="steerchat eval --fit-gate " + " ".join(sys.argv[3:]))
     m = gate.metrics
-    print(f"harm gate: {len(gate.features)} features, threshold {gate.threshold:.3f}; on the dev split it opens on "
+    kind = "a residual probe" if gate.method == "probe" else f"{len(gate.features)} features"
+    print(f"harm gate: {kind}, threshold {gate.threshold:.3f}; on the dev split it opens on "
           f"{m['dev_open_harmful']:.0%} of harmful, {m['dev_open_harmless'] or 0:.0%} of harmless and "
           f"{m['dev_open_hard_negative']:.0%} of dangerous-sounding harmless prompts. Written to {path}")
     from steerchat.engine.core.featureset import FeatureSet
