@@ -52,6 +52,9 @@ class SafetyLevel:
     strength: float = 0.0  # s: clamp target in units of m_f; 0 means no clamp
     conditional: bool = False  # clamp only when the prompt's harm gate opens
     description: str = ""
+    # lower refusal instead: clamp the refusal features down to s·m_f (s may be 0) only where
+    # the harm gate is closed, for models that over-refuse (the slider's "Open", left of Off)
+    lower: bool = False
 
     @property
     def steers(self) -> bool:
@@ -60,6 +63,8 @@ class SafetyLevel:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["guidance"] = self.guidance.value
+        if not self.lower:
+            d.pop("lower")  # levels files without the Open level stay as they were
         return d
 
     @classmethod
@@ -70,6 +75,7 @@ class SafetyLevel:
             strength=float(d.get("strength", 0.0)),
             conditional=bool(d.get("conditional", False)),
             description=str(d.get("description", "")),
+            lower=bool(d.get("lower", False)),
         )
 
 
@@ -81,6 +87,12 @@ DEFAULT_LEVELS: tuple[SafetyLevel, ...] = (
     SafetyLevel("High", GuidanceMode.HINT, 2.0, False, "Refusal features clamped on every prompt."),
     SafetyLevel("Max", GuidanceMode.HINT, 3.0, False, "Strongest clamp on every prompt: refuses often, also harmless requests."),
 )
+
+
+# For models that over-refuse (put it first, left of Off, in their levels.json): where the
+# harm gate is closed, the refusal features are clamped down to 0; where it opens, nothing.
+OPEN_LEVEL = SafetyLevel("Open", GuidanceMode.NONE, 0.0, False,
+                         "Refusal features pushed down to 0 where the harm gate says the prompt is benign.", lower=True)
 
 
 class LevelError(ValueError):

@@ -37,6 +37,9 @@ class ClampRequest:
 
     targets: torch.Tensor | None  # (R,) or None for no clamp
     conditional: bool = False  # clamp only where the gate is open
+    # the "Open" direction, for models that over-refuse: clamp only where the gate is closed
+    # (the prompt looks benign), and only downwards: x' = x + sum_f min(c_f - a_f, 0) W_dec[f]
+    lower_where_closed: bool = False
 
 
 @dataclass
@@ -194,6 +197,10 @@ class SteeringHook:
             if targets is not None and request.conditional:
                 if self.gate_open is None or not bool(self.gate_open.any()):
                     targets = None
+            if targets is not None and request.lower_where_closed:
+                # never lowered without a gate to say the prompt is benign
+                if self.gate_open is None or bool(self.gate_open.all()):
+                    targets = None
             if self.record:
                 n = min(self.top_n, acts.shape[-1])
                 top_val, top_idx = acts.topk(n, dim=-1)
@@ -207,6 +214,8 @@ class SteeringHook:
             coeff = (targets.to(natural.dtype) - natural) * live[..., None]  # (B, T, R)
             if request.conditional:
                 coeff = coeff * self.gate_open.to(coeff.dtype)[:, None, None]
+            if request.lower_where_closed:
+                coeff = coeff.clamp(max=0) * (~self.gate_open).to(coeff.dtype)[:, None, None]
             delta = coeff @ self.directions.to(coeff.dtype)
             steered = hidden + delta.to(hidden.dtype)
         return with_hidden(output, steered)

@@ -204,3 +204,50 @@ def test_probe_gate_from_spec_and_trace_loads_old_gate():
     assert t.gate.top_tokens == [("kill", 0.7)] and t.gate.signals == [] and t.gate.bottom_tokens == []
     t.gate.signals = [("bias", -1.0)]
     assert TurnTrace.from_json(t.to_json()).gate.signals == [("bias", -1.0)]
+
+
+class _FixedGate(FeatureGate):
+    """A gate whose decision the test sets: row 0 open, row 1 closed."""
+
+    def scores(self, acts, mask, hidden=None):
+        b, t = acts.shape[:2]
+        return torch.tensor([1.0, 0.0][:b]), torch.zeros(b, t)
+
+
+def test_open_level_lowers_refusal_only_where_the_gate_is_closed(tiny, sae):
+    model = tiny.model
+    ids = torch.randint(0, 200, (2, 10))
+    original = _capture_layer_output(model, LAYER, ids)
+    acts = sae.encode(original)
+    features = [int(f) for f in acts[1].amax(0).topk(3).indices]  # features that fire on row 1, so the push is real
+    targets = torch.zeros(3)
+    gate = _FixedGate([], [], threshold=0.5)
+    hook = SteeringHook(sae, LAYER, refusal_features=features, gate=gate,
+                        control=lambda: ClampRequest(targets, lower_where_closed=True))
+    with hook.applied(model):
+        steered = _capture_layer_output(model, LAYER, ids)
+    assert hook.gate_open.tolist() == [True, False]
+    a = acts[..., features]
+    expected_closed = original[1] + (targets - a[1]) @ sae.W_dec[features]
+    assert torch.allclose(steered[1], expected_closed, atol=1e-5)
+    assert not torch.allclose(steered[1], original[1])
+    assert torch.equal(steered[0], original[0])  # the gate-open row is not touched at all
+
+    # only downwards: a target above the natural activation leaves even the closed row alone
+    high = torch.full((3,), 1e3)
+    hook.control = lambda: ClampRequest(high, lower_where_closed=True)
+    with hook.applied(model):
+        assert torch.equal(_capture_layer_output(model, LAYER, ids), original)
+    # and without a gate nothing is lowered
+    hook.gate, hook.control = None, lambda: ClampRequest(targets, lower_where_closed=True)
+    with hook.applied(model):
+        assert torch.equal(_capture_layer_output(model, LAYER, ids), original)
+
+
+def test_open_level_round_trips_and_old_levels_stay_as_they_were():
+    from steerchat.engine.core.levels import DEFAULT_LEVELS, OPEN_LEVEL, SafetyLevel
+
+    assert OPEN_LEVEL.lower and OPEN_LEVEL.strength == 0.0 and not OPEN_LEVEL.conditional
+    assert SafetyLevel.from_dict(OPEN_LEVEL.to_dict()) == OPEN_LEVEL
+    assert "lower" not in DEFAULT_LEVELS[2].to_dict()
+    assert SafetyLevel.from_dict(DEFAULT_LEVELS[2].to_dict()).lower is False
