@@ -172,13 +172,16 @@ class SteerChatApp(App[int]):
         self.load_model(message.model)
 
     # chats and export
-    def action_chats(self) -> None:
+    def action_chats(self, search: bool = False) -> None:
         from steerchat.tui.screens.chats import ChatListScreen
 
-        async def opened(chat_id: int | None) -> None:
+        async def opened(chat_id: int | tuple[int, int] | None) -> None:
             current = self.chat_screen.chat_id
+            focus = None
+            if isinstance(chat_id, tuple):  # a search hit: that chat, at that message
+                chat_id, focus = chat_id
             if chat_id is not None:
-                await self.chat_screen.load_chat(chat_id)
+                await self.chat_screen.load_chat(chat_id, focus=focus)
             elif current is not None and self.store.chat(current) is None:
                 await self.chat_screen.load_chat(None)  # the open chat was deleted
             else:
@@ -187,7 +190,7 @@ class SteerChatApp(App[int]):
         if self.chat_screen.streaming is not None:
             self.notify("Wait for the reply to finish, or press Esc.", severity="warning")
             return
-        self.push_screen(ChatListScreen(self.store, self.export_dir, self.chat_screen.chat_id), opened)
+        self.push_screen(ChatListScreen(self.store, self.export_dir, self.chat_screen.chat_id, search=search), opened)
 
     def export_current(self, fmt: str) -> None:
         from steerchat.tui.export import export_chat
@@ -243,6 +246,16 @@ class SteerChatApp(App[int]):
         yield SystemCommand("Copy reply", "Copy the selected reply to the clipboard", chat.action_copy)
         yield SystemCommand("New chat", "Clear the screen and start a new chat", chat.action_clear)
         yield SystemCommand("Chats", "Open, rename, delete or export saved chats", self.action_chats)
+        yield SystemCommand("Search chats", "Find a message in any saved chat and open it there",
+                            lambda: self.action_chats(search=True))
+        yield SystemCommand("Edit a message", "Put the selected (or last) prompt back to send as a new branch",
+                            chat.action_edit)
+        yield SystemCommand("Previous branch", "Show the previous alternative of the selected message (Alt+←)",
+                            lambda: self.run_worker(chat.action_switch_branch(-1)))
+        yield SystemCommand("Next branch", "Show the next alternative of the selected message (Alt+→)",
+                            lambda: self.run_worker(chat.action_switch_branch(1)))
+        yield SystemCommand("Copy prompt", "Copy the selected reply's prompt to the clipboard", chat.action_copy_prompt)
+        yield SystemCommand("Copy code block", "Copy the last code block of the selected reply", chat.action_copy_code)
         yield SystemCommand("Why refused", "Explain the selected reply", chat.action_why)
         yield SystemCommand("Flag reply as bad", "Mark the selected reply for learning from mistakes", chat.action_flag)
         yield SystemCommand("Export chat to Markdown", "With each turn's level and top features",

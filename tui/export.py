@@ -1,5 +1,6 @@
-"""Export a saved chat to Markdown (readable, with each turn's level and top features)
-or to JSON (every message with its full trace)."""
+"""Export a saved chat to Markdown (the branch on screen, readable, with each turn's level and
+top features) or to JSON (the whole tree: every message of every branch with its parent and
+full trace)."""
 
 from __future__ import annotations
 
@@ -92,8 +93,8 @@ def chat_to_markdown(chat: ChatRow, messages: list[MessageRow]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def chat_to_json(chat: ChatRow, messages: list[MessageRow]) -> str:
-    """The chat as JSON, each assistant message with its full trace."""
+def chat_to_json(chat: ChatRow, messages: list[MessageRow], current_leaf: int | None = None) -> str:
+    """The chat as JSON: every message (all branches; `parent_id` links them), each reply with its trace."""
     data = {
         "id": chat.id,
         "title": chat.title,
@@ -102,8 +103,11 @@ def chat_to_json(chat: ChatRow, messages: list[MessageRow]) -> str:
         "model": chat.model,
         "sae": chat.sae,
         "system": chat.system,
+        "current_leaf": current_leaf,
         "messages": [
             {
+                "id": m.id,
+                "parent_id": m.parent_id,
                 "role": m.role,
                 "content": m.content,
                 "level": m.level,
@@ -123,10 +127,12 @@ def export_chat(store: Store, chat_id: int, folder: Path, fmt: str) -> Path:
     chat = store.chat(chat_id)
     if chat is None:
         raise ValueError(f"no chat with id {chat_id}")
-    messages = store.messages(chat_id)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", chat.title).strip("-").lower()[:40] or "chat"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"steerchat-{chat.id}-{slug}.{fmt}"
-    text = chat_to_markdown(chat, messages) if fmt == "md" else chat_to_json(chat, messages)
+    if fmt == "md":
+        text = chat_to_markdown(chat, store.branch(chat_id))
+    else:
+        text = chat_to_json(chat, store.messages(chat_id), store.current_leaf(chat_id))
     path.write_text(text, encoding="utf-8")
     return path

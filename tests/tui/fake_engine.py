@@ -66,6 +66,7 @@ class FakeSession:
     history: list[tuple[str, str]] = field(default_factory=list)
     token_levels: list[list[str]] = field(default_factory=list)  # per call: level of each token
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, prompt)
+    timings: Timings | None = None  # when set, every trace reports these (fixed figures for snapshots)
 
     def _reply_text(self, prompt: str, settings: SafetySettings) -> str:
         if prompt in self.replies:
@@ -169,7 +170,8 @@ class FakeSession:
                 open=gate_open,
                 top_tokens=[(w.strip(), 9.5) for w in split_words(prompt) if any(h in w.lower() for h in HARM_WORDS)],
             ),
-            timings=Timings(total_s=total, prompt_tokens=n, reply_tokens=len(tokens) - n),
+            timings=(Timings(**vars(self.timings)) if self.timings is not None
+                     else Timings(total_s=total, prompt_tokens=n, reply_tokens=len(tokens) - n)),
             seed=self.sampling.seed,
         )
 

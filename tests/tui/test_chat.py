@@ -114,11 +114,15 @@ async def test_engine_exception_does_not_kill_the_app(make_app, engine):
 
         engine.sessions[0].send = boom
         await send(pilot, "hello")
-        assert app.chat_screen.query_one(AssistantMessage).status == "error"
-        assert any("tensor on wrong device" in n.message for n in app._notifications)
+        view = app.chat_screen.query_one(AssistantMessage)
+        assert view.status == "error"
+        # said in plain words with what to do next, without the exception's class name
+        assert any("Press Ctrl+R to try again" in n.message for n in app._notifications)
+        assert not any("RuntimeError" in n.message for n in app._notifications)
+        assert "RuntimeError" not in str(view.query_one(".header").render())
 
 
-async def test_regenerate_replaces_the_last_reply(make_app, engine):
+async def test_regenerate_adds_an_alternative_reply(make_app, engine):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
@@ -130,8 +134,14 @@ async def test_regenerate_replaces_the_last_reply(make_app, engine):
                        and app.chat_screen.streaming is None, what="regenerated reply")
         assert [c[0] for c in session.calls] == ["send", "regenerate"]
         assert len(app.chat_screen.query(AssistantMessage)) == 1
-        rows = app.store.messages(app.chat_screen.chat_id)
-        assert [(r.role, r.content, r.status) for r in rows] == [("user", "hello", "ok"), ("assistant", "A second try.", "ok")]
+        chat = app.chat_screen.chat_id
+        assert [(r.role, r.content, r.status) for r in app.store.branch(chat)] == [
+            ("user", "hello", "ok"), ("assistant", "A second try.", "ok")]
+        # the first reply is kept beside it, with its own trace
+        rows = app.store.messages(chat)
+        assert [r.content for r in rows if r.role == "assistant"] == [COMPLY_TEXT, "A second try."]
+        assert all(r.trace_json for r in rows if r.role == "assistant")
+        assert app.chat_screen.query_one(AssistantMessage).branch == (2, 2)
 
 
 async def test_copy_flag_and_clear(make_app, engine):

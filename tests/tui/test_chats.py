@@ -63,7 +63,7 @@ async def test_rename_and_delete_from_the_list(make_app):
         await pilot.press("ctrl+o")
         await wait_for(pilot, lambda: isinstance(app.screen, ChatListScreen), what="chat list")
         await pilot.press("r")
-        app.screen.query_one("Input").value = "Greetings [b]x[/b]"
+        app.screen.query_one("#rename").value = "Greetings [b]x[/b]"
         await pilot.press("enter")
         assert app.store.chat(chat).title == "Greetings [b]x[/b]"
         assert "Greetings [b]x[/b]" in screen_text(app)

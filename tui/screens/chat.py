@@ -19,8 +19,10 @@ from steerchat.tui.screens.prepare_offer import PrepareOfferScreen
 from steerchat.tui.widgets.chat import (
     AssistantMessage,
     ChatLog,
+    MessageActions,
     PromptInput,
     UserMessage,
+    plain_error,
 )
 from steerchat.tui.widgets.features_panel import FeaturesPanel
 from steerchat.tui.widgets.safety_slider import SafetySlider
@@ -58,6 +60,8 @@ class ChatScreen(Screen):
         Binding("f2", "toggle_features", "Features", id="chat.features"),
         Binding("ctrl+up", "select_turn(-1)", "Prev turn", show=False, id="chat.prev_turn"),
         Binding("ctrl+down", "select_turn(1)", "Next turn", show=False, id="chat.next_turn"),
+        Binding("alt+left", "switch_branch(-1)", "‹ Branch", show=False, id="chat.prev_branch"),
+        Binding("alt+right", "switch_branch(1)", "Branch ›", show=False, id="chat.next_branch"),
     ]
 
     DEFAULT_CSS = """
@@ -98,6 +102,9 @@ class ChatScreen(Screen):
         self.cancel_event = threading.Event()
         self._last_save = 0.0
         self._turn = 0  # counts turns started; a turn stopped before its first token is let go
+        self.editing: UserMessage | None = None  # the message an edit replaces (a new branch)
+        self.focused_message: UserMessage | AssistantMessage | None = None
+        self._confirm_delete: int | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(Text("steerchat · loading…"), id="status")
@@ -116,7 +123,7 @@ class ChatScreen(Screen):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         # Stop is shown dimmed unless a reply is being written.
         if action == "cancel":
-            return True if self.streaming is not None else None
+            return True if self.streaming is not None or self.editing is not None else None
         return True
 
     # session and status
@@ -173,21 +180,33 @@ class ChatScreen(Screen):
             self.notify("A reply is still being written; Esc stops it.", severity="warning")
             return
         event.prompt.clear()
+        if self.editing is not None:
+            await self._fork_at(self.editing)
+            edited, self.editing = self.editing, None
+            await self.send(text, parent=edited.parent_id)
+            return
         # Awaited here, not in a worker: the screen handles no other message until the
         # turn has started, so a second Enter cannot start a second turn.
         await self.send(text)
 
-    async def send(self, text: str) -> None:
-        """Start a turn: save and show the prompt and an empty reply, then stream into it."""
+    async def send(self, text: str, parent: int | None | object = ...) -> None:
+        """Start a turn: save and show the prompt and an empty reply, then stream into it.
+
+        `parent` (an edit): the message the new prompt follows, a new branch beside the edited one.
+        """
         level = self.session.settings.level.name
         if self.chat_id is None:
             self.chat_id = self.store.new_chat(one_line(text, 50), self.session.model_name,
                                                self.session.sae_name, self.session.system_prompt)
-        user_id = self.store.add_message(self.chat_id, "user", text, level=level)
-        reply_id = self.store.add_message(self.chat_id, "assistant", "", level=level, status="streaming")
-        view = AssistantMessage(text, len(self._turns()), level, message_id=reply_id)
         log = self.query_one(ChatLog)
-        await log.mount_all([UserMessage(text, user_id), view])
+        if parent is ...:  # after the last message of the branch on screen
+            ids = [v.message_id for v in log.children if isinstance(v, (UserMessage, AssistantMessage))]
+            parent = ids[-1] if ids else None
+        user_id = self.store.add_message(self.chat_id, "user", text, level=level, parent=parent)
+        reply_id = self.store.add_message(self.chat_id, "assistant", "", level=level, status="streaming")
+        view = AssistantMessage(text, len(self._turns()), level, message_id=reply_id, parent_id=user_id)
+        user = UserMessage(text, user_id, parent_id=parent, branch=self._branch_of(user_id))
+        await log.mount_all([user, view])
         self.add_class("-has-turns")
         self._begin(view)
         self._run_turn(view, lambda on_token, cancel: self.session.send(text, on_token, cancel))
@@ -234,7 +253,8 @@ class ChatScreen(Screen):
         if trace is None:
             status, text = "error", view.text
             view.error = message.error  # shown on the turn itself, not only in a toast
-            self.notify(f"The reply failed: {sanitize(message.error)}", severity="error", timeout=8, markup=False)
+            self.notify(f"The reply failed. {sanitize(plain_error(message.error))}", severity="error",
+                        timeout=8, markup=False)
         else:
             status = "error" if trace.error else "stopped" if trace.stopped else "ok"
             text = trace.reply if trace.reply or not view.text else view.text
@@ -294,6 +314,11 @@ class ChatScreen(Screen):
     async def action_cancel(self) -> None:
         view = self.streaming
         if view is None:
+            if self.editing is not None:
+                self.editing = None
+                self.query_one(PromptInput).clear()
+                await self.load_chat(self.chat_id)
+                self.notify("Edit cancelled.")
             return
         self.cancel_event.set()
         if not view.text:
@@ -317,8 +342,16 @@ class ChatScreen(Screen):
         await self._regenerate(turns[-1])
 
     async def _regenerate(self, view: AssistantMessage) -> None:
-        await view.restart(self.session.settings.level.name)
-        if view.message_id is not None:
+        # The old reply stays, with its trace, level and verdict: the new one is an alternative
+        # beside it (Alt+←/→ browses them).
+        level = self.session.settings.level.name
+        await view.restart(level)
+        if self.chat_id is not None and view.parent_id is not None:
+            view.message_id = self.store.add_message(self.chat_id, "assistant", "", level=level,
+                                                     status="streaming", parent=view.parent_id)
+            view.branch = self._branch_of(view.message_id)
+            view.refresh_header()
+        elif view.message_id is not None:
             self.store.update_message(view.message_id, content="", status="streaming")
         self._begin(view)
         self._run_turn(view, lambda on_token, cancel: self.session.regenerate(on_token, cancel))
@@ -329,6 +362,27 @@ class ChatScreen(Screen):
             return
         self.app.copy_to_clipboard(view.text)
         self.notify("Reply copied.")
+
+    def action_copy_prompt(self) -> None:
+        view = self.focused_message if isinstance(self.focused_message, UserMessage) else None
+        text = view.text if view is not None else (self._target().prompt if self._target() else None)
+        if not text:
+            self.notify("No prompt to copy yet.", severity="warning")
+            return
+        self.app.copy_to_clipboard(text)
+        self.notify("Prompt copied.")
+
+    def action_copy_code(self) -> None:
+        """Copy the last fenced code block of the selected reply (without its fences)."""
+        import re
+
+        view = self._target()
+        blocks = re.findall(r"^(`{3,}|~{3,})[^\n]*\n(.*?)^\1[ \t]*$", view.text if view else "", re.M | re.S)
+        if not blocks:
+            self.notify("The selected reply has no code block; Ctrl+T copies the whole reply.", severity="warning")
+            return
+        self.app.copy_to_clipboard(blocks[-1][1].rstrip("\n"))
+        self.notify("Code block copied.")
 
     def action_flag(self) -> None:
         view = self._target()
@@ -366,8 +420,11 @@ class ChatScreen(Screen):
             return
         await self.load_chat(None)
 
-    async def load_chat(self, chat_id: int | None) -> None:
-        """Show saved chat `chat_id` (None: an empty new chat) and hand its history to the session."""
+    async def load_chat(self, chat_id: int | None, focus: int | None = None) -> None:
+        """Show saved chat `chat_id` (None: an empty new chat) and hand its history to the session.
+
+        The branch on screen is the chat's current one; `focus` names a message to select.
+        """
         log = self.query_one(ChatLog)
         await log.remove_children()
         self.chat_id = chat_id
@@ -375,11 +432,17 @@ class ChatScreen(Screen):
         views: list = []
         prompt = ""
         dropped = 0
+        self.editing = None
         if chat_id is not None:
+            counts: dict[int | None, list[int]] = {}
             for row in self.store.messages(chat_id):
+                counts.setdefault(row.parent_id, []).append(row.id)
+            for row in self.store.branch(chat_id):
+                same = counts.get(row.parent_id, [row.id])
+                branch = (same.index(row.id) + 1, len(same)) if row.id in same else None
                 if row.role == "user":
                     prompt = row.content
-                    views.append(UserMessage(row.content, row.id))
+                    views.append(UserMessage(row.content, row.id, parent_id=row.parent_id, branch=branch))
                     continue
                 try:
                     trace = TurnTrace.from_json(row.trace_json) if row.trace_json else None
@@ -388,6 +451,7 @@ class ChatScreen(Screen):
                 views.append(AssistantMessage(
                     prompt, sum(isinstance(v, AssistantMessage) for v in views), row.level or "?",
                     message_id=row.id, text=row.content, status=row.status, trace=trace, flagged=row.flagged_bad,
+                    parent_id=row.parent_id, branch=branch,
                 ))
         await log.mount_all(views)
         if dropped:
@@ -400,4 +464,91 @@ class ChatScreen(Screen):
         self.select(turns[-1] if turns else None)
         log.anchor()
         self.update_status()
-        self.query_one(PromptInput).focus()
+        target = next((v for v in views if focus is not None and v.message_id == focus), None)
+        if target is not None:
+            if isinstance(target, AssistantMessage):
+                self.select(target)
+            target.focus()
+            target.scroll_visible()
+        else:
+            self.query_one(PromptInput).focus()
+
+    # branches: edit, alternatives, delete
+    def _branch_of(self, message_id: int) -> tuple[int, int] | None:
+        ids = [m.id for m in self.store.siblings(message_id)]
+        return (ids.index(message_id) + 1, len(ids)) if message_id in ids else None
+
+    def on_descendant_focus(self, event) -> None:
+        widget = getattr(event, "widget", None)
+        if isinstance(widget, (UserMessage, AssistantMessage)):
+            self.focused_message = widget
+
+    async def _fork_at(self, edited: UserMessage) -> None:
+        """Take the edited message and what follows it off the screen; the session keeps what is before."""
+        log = self.query_one(ChatLog)
+        children = list(log.children)
+        if edited in children:
+            await log.remove_children(children[children.index(edited):])
+        if self.session is not None:
+            self.session.set_history(self._history())
+        if self.selected not in self._turns():
+            self.selected = None
+
+    def action_edit(self, view: UserMessage | None = None) -> None:
+        """Put a sent message back in the prompt; sending it starts a new branch there."""
+        if self.streaming is not None:
+            self.notify("Wait for the reply to finish, or press Esc.", severity="warning")
+            return
+        users = list(self.query(UserMessage))
+        if view is None:
+            view = self.focused_message if isinstance(self.focused_message, UserMessage) else None
+            view = view if view in users else (users[-1] if users else None)
+        if view is None or view.message_id is None:
+            self.notify("No message to edit yet.", severity="warning")
+            return
+        self.editing = view
+        self.refresh_bindings()
+        prompt = self.query_one(PromptInput)
+        prompt.load_text(view.text)
+        prompt.focus()
+        self.notify("Editing: Enter sends it as a new branch (the old one is kept); Esc cancels.")
+
+    async def action_switch_branch(self, step: int) -> None:
+        """Show the previous/next alternative of the selected message (an edit or a regenerated reply)."""
+        if self.streaming is not None or self.chat_id is None:
+            return
+        view = self.focused_message if self.focused_message in list(self.query_one(ChatLog).children) else None
+        if view is None:
+            view = self._target()
+        if view is None or view.message_id is None or not view.branch or view.branch[1] <= 1:
+            self.notify("This message has no other branch.", severity="information")
+            return
+        siblings = self.store.siblings(view.message_id)
+        ids = [m.id for m in siblings]
+        index = max(0, min(ids.index(view.message_id) + step, len(ids) - 1))
+        if ids[index] == view.message_id:
+            return
+        self.store.set_leaf(self.chat_id, self.store.leaf_under(ids[index]))
+        await self.load_chat(self.chat_id, focus=ids[index])
+
+    async def on_message_actions(self, event: MessageActions) -> None:
+        if event.action == "edit" and isinstance(event.view, UserMessage):
+            self.action_edit(event.view)
+        elif event.action == "delete":
+            await self.delete_message(event.view)
+
+    async def delete_message(self, view) -> None:
+        """Delete one message and what follows it on its branch (a second press confirms)."""
+        if self.streaming is not None:
+            self.notify("Wait for the reply to finish, or press Esc.", severity="warning")
+            return
+        if view is None or view.message_id is None or self.chat_id is None:
+            return
+        if self._confirm_delete != view.message_id:
+            self._confirm_delete = view.message_id
+            self.notify("Press Delete again to delete this message and what follows it.", severity="warning")
+            return
+        self._confirm_delete = None
+        self.store.delete_message(view.message_id)
+        await self.load_chat(self.chat_id)
+        self.notify("Message deleted.")

@@ -157,6 +157,7 @@ class WhyRefusedScreen(ModalScreen[None]):
     BINDINGS = [
         Binding("escape", "close", "Close", id="why.close"),
         Binding("o", "compare", "Compare with steering off", id="why.compare"),
+        Binding("c", "copy", "Copy explanation", id="why.copy"),
     ]
 
     DEFAULT_CSS = """
@@ -254,6 +255,16 @@ class WhyRefusedScreen(ModalScreen[None]):
         verdict = message.trace.verdict
         judged = "" if verdict is None else (" · judged refusal" if verdict.refused else " · judged answer")
         right.border_title = f"Steering off (level {escape(message.trace.level)}){judged}"
+
+    def explanation(self) -> str:
+        """The explanation as plain text (what Copy puts on the clipboard)."""
+        parts = [verdict_text(self.trace), steering_text(self.trace), gate_text(self.trace),
+                 harm_tokens(self.trace).plain, guidance_words(self.trace).plain]
+        return "\n\n".join(str(p).strip() for p in parts if str(p).strip()) + "\n"
+
+    def action_copy(self) -> None:
+        self.app.copy_to_clipboard(self.explanation())
+        self.notify("Explanation copied.")
 
     def action_close(self) -> None:
         self.cancel.set()

@@ -11,6 +11,7 @@ from steerchat.engine.core.trace import TurnTrace
 from steerchat.tui.sanitize import sanitize
 from textual import events
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Markdown, Static, TextArea
@@ -18,6 +19,69 @@ from textual.widgets.markdown import MarkdownStream
 
 NEWLINE_KEYS = ("shift+enter", "ctrl+j")
 MAX_INPUT_CHARS = 100_000  # far above any model's context; a bigger paste is cut, with a notice
+
+# What a failed turn says, by the kind of failure (matched in the error text), each with what to do next.
+_PLAIN_ERRORS = (
+    (("outofmemory", "out of memory", "cuda oom"),
+     "The GPU ran out of memory. Start a new chat (Ctrl+L), send a shorter message or pick a smaller model (F5)."),
+    (("memoryerror",), "The computer ran out of memory. Close other programs or pick a smaller model (F5)."),
+    (("connectionerror", "timeout", "timed out"),
+     "A download or connection failed. Check the network, then press Ctrl+R to try again."),
+    (("filenotfounderror", "no such file"),
+     "A model or SAE file is missing. Run `steerchat prepare` again, then restart the chat."),
+    (("permissionerror", "permission denied"), "A file could not be read or written. Check its permissions and try again."),
+    (("keyboardinterrupt", "cancelled"), "The reply was stopped. Press Ctrl+R to write it again."),
+)
+_GENERIC_ERROR = "Something went wrong while writing the reply. Press Ctrl+R to try again, or start a new chat (Ctrl+L)."
+
+
+def plain_error(error: str | None) -> str | None:
+    """A failed turn's error as a sentence that says what to do next (no exception class names).
+
+    An engine error meant for the user (no "SomeError: " prefix) is kept as it is.
+    """
+    if not error:
+        return error
+    head = error.split(":", 1)[0].strip().rsplit(".", 1)[-1]
+    if ":" not in error or not head.isidentifier() or not head.endswith(("Error", "Exception", "Interrupt")):
+        return error  # already a sentence for the user
+    low = error.lower().replace(" ", "")
+    for needles, sentence in _PLAIN_ERRORS:
+        if any(n.replace(" ", "") in low for n in needles):
+            return sentence
+    return _GENERIC_ERROR
+
+
+def branch_label(branch: tuple[int, int] | None) -> str:
+    """'‹ 2/3 ›' for the second of three alternatives; '' when there is only one."""
+    if not branch or branch[1] <= 1:
+        return ""
+    return f"‹ {branch[0]}/{branch[1]} ›"
+
+
+def timing_line(trace: TurnTrace | None) -> str:
+    """The reply's speed and size: first token, tokens/s, reply tokens, prompt against the context."""
+    if trace is None:
+        return ""
+    t = trace.timings
+    if not (t.first_token_s or t.tokens_per_s or t.reply_tokens or t.prompt_tokens):
+        return ""
+    parts = [f"first token {t.first_token_s:.2f} s", f"{t.tokens_per_s:.1f} tok/s", f"{t.reply_tokens} tokens"]
+    context = getattr(t, "context_tokens", 0)
+    if context:
+        parts.append(f"prompt {t.prompt_tokens:,}/{context:,} tokens ({100 * t.prompt_tokens / context:.0f}%)")
+    else:
+        parts.append(f"prompt {t.prompt_tokens:,} tokens")
+    return " · ".join(parts)
+
+
+class MessageActions(Message):
+    """A key on a focused message: edit it, delete it (the chat screen decides)."""
+
+    def __init__(self, view, action: str) -> None:
+        super().__init__()
+        self.view = view
+        self.action = action
 
 
 class PromptInput(TextArea):
@@ -67,8 +131,13 @@ class PromptInput(TextArea):
         await super()._on_key(event)
 
 
-class UserMessage(Static):
-    """What the user sent, shown literally."""
+class UserMessage(Static, can_focus=True):
+    """What the user sent, shown literally. Focused: e edits it (a new branch), Delete deletes it."""
+
+    BINDINGS = [
+        Binding("e", "act('edit')", "Edit", id="message.edit"),
+        Binding("delete", "act('delete')", "Delete", id="message.delete"),
+    ]
 
     DEFAULT_CSS = """
     UserMessage {
@@ -77,17 +146,33 @@ class UserMessage(Static):
         border-left: thick $secondary;
         background: $boost;
     }
+    UserMessage:focus { border-left: thick $accent; }
     """
 
-    def __init__(self, text: str, message_id: int | None = None) -> None:
-        super().__init__(Text(sanitize(text)))
+    def __init__(self, text: str, message_id: int | None = None, *, parent_id: int | None = None,
+                 branch: tuple[int, int] | None = None) -> None:
+        shown = Text(sanitize(text))
+        if label := branch_label(branch):  # one of several versions of this prompt (edits)
+            shown = Text.assemble((f"{label}  edited versions · Alt+←/→\n", "bold cyan"), shown)
+        super().__init__(shown)
         self.text = text
         self.message_id = message_id
+        self.parent_id = parent_id
+        self.branch = branch
         self.border_title = "You"
+
+    def action_act(self, action: str) -> None:
+        self.post_message(MessageActions(self, action))
+
+    def on_click(self) -> None:
+        self.focus()
 
 
 class AssistantMessage(Vertical, can_focus=True):
-    """One reply: a header (level, status, judge) over Markdown that can stream."""
+    """One reply: a header (level, status, judge) over Markdown that can stream, and a footer
+    with its speed and size. Focused: Delete deletes it (and what follows it)."""
+
+    BINDINGS = [Binding("delete", "act('delete')", "Delete", id="message.delete_reply")]
 
     DEFAULT_CSS = """
     AssistantMessage {
@@ -101,6 +186,7 @@ class AssistantMessage(Vertical, can_focus=True):
         background: $boost;
     }
     AssistantMessage .header { color: $text-muted; }
+    AssistantMessage .timings { color: $text-muted; height: auto; }
     AssistantMessage Markdown { margin: 0; padding: 0; background: transparent; }
     """
 
@@ -120,8 +206,12 @@ class AssistantMessage(Vertical, can_focus=True):
         status: str = "streaming",
         trace: TurnTrace | None = None,
         flagged: bool = False,
+        parent_id: int | None = None,
+        branch: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
+        self.parent_id = parent_id  # the user message this reply answers
+        self.branch = branch  # (which, of how many) alternative replies to that message
         self.prompt = prompt
         self.turn_index = turn_index
         # The level at the start, then every slider move.
@@ -138,6 +228,13 @@ class AssistantMessage(Vertical, can_focus=True):
         yield Static(self._header(), classes="header")
         # Model text must not open URLs by itself: a click copies the link instead.
         yield Markdown(sanitize(self.text), open_links=False)
+        line = timing_line(self.trace)
+        footer = Static(Text(line), classes="timings")
+        footer.display = bool(line)
+        yield footer
+
+    def action_act(self, action: str) -> None:
+        self.post_message(MessageActions(self, action))
 
     @property
     def level_label(self) -> str:
@@ -153,6 +250,8 @@ class AssistantMessage(Vertical, can_focus=True):
 
     def _header(self) -> Text:
         head = Text("Assistant", style="bold")
+        if label := branch_label(self.branch):
+            head.append(f"  {label}", style="bold cyan")
         head.append(f"  level {self.level_label}", style="magenta")
         badges = {
             "streaming": ("  … writing", "italic"),
@@ -165,9 +264,9 @@ class AssistantMessage(Vertical, can_focus=True):
         if self.refused:
             head.append("  ⛔ refused · F3 why", style="bold red")
         if self.trace and self.trace.error:
-            head.append(f"  {sanitize(self.trace.error)}", style="red")
+            head.append(f"  {sanitize(plain_error(self.trace.error))}", style="red")
         elif self.error:
-            head.append(f"  {sanitize(self.error)}", style="red")
+            head.append(f"  {sanitize(plain_error(self.error))}", style="red")
         if self.flagged:
             head.append("  ⚑ flagged bad", style="bold yellow")
         return head
@@ -175,6 +274,9 @@ class AssistantMessage(Vertical, can_focus=True):
     def refresh_header(self) -> None:
         if self.is_mounted:
             self.query_one(".header", Static).update(self._header())
+            footer, line = self.query_one(".timings", Static), timing_line(self.trace)
+            footer.update(Text(line))
+            footer.display = bool(line)
 
     def add_level(self, name: str) -> None:
         """The slider moved while this reply streams."""
