@@ -11,7 +11,9 @@ from steerchat.tui.screens import chats as chats_module
 from steerchat.tui.screens.chats import ChatListScreen
 from steerchat.tui.screens.loading import LoadingScreen
 from steerchat.tui.screens.why_refused import WhyRefusedScreen
-from tests.tui.conftest import ready, send, wait_for
+from steerchat.engine.core.trace import Timings
+from steerchat.tui.widgets.chat import UserMessage
+from tests.tui.conftest import finished, ready, send, wait_for
 
 SIZE = (140, 40)
 
@@ -104,3 +106,43 @@ def test_chat_list(snap_compare, make_app):
         await _settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_branch_indicator(snap_compare, make_app, engine):
+    """An edited prompt and a regenerated reply: both show which branch is on screen (‹ 2/2 ›)."""
+    app = make_app()
+
+    async def run_before(pilot):
+        await ready(pilot)
+        session = engine.sessions[0]
+        session.replies.update({"first": "one", "second": "two", "second, edited": "two, edited"})
+        await send(pilot, "first")
+        await send(pilot, "second")
+        screen = app.chat_screen
+        screen.action_edit(list(screen.query(UserMessage))[1])
+        screen.query_one("#prompt").load_text("second, edited")
+        await pilot.press("enter")
+        await finished(pilot)
+        session.replies["second, edited"] = "two, edited, again"
+        await pilot.press("ctrl+r")
+        await finished(pilot)
+        screen.query_one("#prompt").focus()
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_reply_footer(snap_compare, make_app, engine):
+    """Each reply's footer: time to first token, tokens/s, reply tokens, prompt against the context."""
+    engine.session_kw["timings"] = Timings(first_token_s=0.42, tokens_per_s=31.5, prompt_tokens=120,
+                                           reply_tokens=48, context_tokens=4096)
+    app = make_app()
+
+    async def run_before(pilot):
+        await ready(pilot)
+        await send(pilot, "hello")
+        app.chat_screen.query_one("#prompt").focus()
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+

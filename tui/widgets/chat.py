@@ -59,6 +59,10 @@ def branch_label(branch: tuple[int, int] | None) -> str:
     return f"‹ {branch[0]}/{branch[1]} ›"
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def timing_line(trace: TurnTrace | None) -> str:
     """The reply's speed and size: first token, tokens/s, reply tokens, prompt against the context."""
     if trace is None:
@@ -66,12 +70,13 @@ def timing_line(trace: TurnTrace | None) -> str:
     t = trace.timings
     if not (t.first_token_s or t.tokens_per_s or t.reply_tokens or t.prompt_tokens):
         return ""
-    parts = [f"first token {t.first_token_s:.2f} s", f"{t.tokens_per_s:.1f} tok/s", f"{t.reply_tokens} tokens"]
+    parts = ([f"first token {t.first_token_s:.2f} s"] if t.first_token_s > 0 else []) + (
+        [f"{t.tokens_per_s:.1f} tok/s"] if t.tokens_per_s > 0 else []) + [_count(t.reply_tokens, "token")]
     context = getattr(t, "context_tokens", 0)
     if context:
         parts.append(f"prompt {t.prompt_tokens:,}/{context:,} tokens ({100 * t.prompt_tokens / context:.0f}%)")
     else:
-        parts.append(f"prompt {t.prompt_tokens:,} tokens")
+        parts.append(f"prompt {_count(t.prompt_tokens, 'token')}")
     return " · ".join(parts)
 
 
