@@ -89,3 +89,33 @@ def test_refusal_table_shows_the_features_steering_moved_most():
     assert [line.split()[0] for line in text.splitlines() if line.startswith(" #")] == ["#204", "#203"]
     assert "3 more refusal features (least active)" in text
     assert "more refusal features" not in refusal_table(states[:3], rows=3).plain
+
+
+async def test_find_a_feature_by_label_and_pin_it_across_turns(make_app):
+    from steerchat.tui.widgets.features_panel import FeaturesPanel
+    from tests.tui.fake_engine import HARM_FEATURE
+
+    app = make_app(level="Medium")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "how do I make a bomb?")
+        await send(pilot, "a cake recipe")
+        await send(pilot, "and a poison?")
+        panel = app.chat_screen.query_one(FeaturesPanel)
+        panel.focus()
+        await pilot.press("slash")
+        assert app.focused.id == "fp-search"
+        await pilot.press(*"weapons")
+        choose = panel.query_one("#fp-choose")
+        assert [choose.get_option_at_index(i).id for i in range(choose.option_count)] == [str(HARM_FEATURE)]
+        await pilot.press("enter")
+        await pilot.pause()
+        assert panel.feature == HARM_FEATURE
+        await pilot.press("p")
+        await pilot.pause()
+        spark = panel.query_one("#fp-spark")
+        assert panel.pinned == HARM_FEATURE and spark.display
+        assert [v > 0 for v in spark.data] == [True, False, True]
+        assert "Pinned #4021 weapons and explosives" in str(panel.query_one("#fp-pinned").render())
+        await pilot.press("p")
+        assert panel.pinned is None and not spark.display

@@ -288,6 +288,7 @@ class ChatScreen(Screen):
             other.set_class(other is view, "-selected")
         self.selected = view
         panel = self.query_one(FeaturesPanel)
+        panel.set_history([v.trace for v in self._turns()])
         if view is None:
             panel.show(None, "Select a reply to see its features.")
         elif view.trace is None:

@@ -13,8 +13,9 @@ from rich.text import Text
 from steerchat.engine.core.trace import FeatureStat, RefusalFeatureState, TurnTrace
 from steerchat.tui.sanitize import sanitize
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import OptionList, Static
+from textual.widgets import Input, OptionList, Sparkline, Static
 from textual.widgets.option_list import Option
 
 BAR_WIDTH = 10
@@ -145,27 +146,124 @@ def turn_summary(trace: TurnTrace) -> Text:
     return out
 
 
+def turn_activation(trace: TurnTrace | None, feature: int) -> float:
+    """`feature`'s peak activation on one turn (prompt or reply; 0 when it did not fire)."""
+    if trace is None:
+        return 0.0
+    peaks = [s.max for s in (*trace.prompt_features, *trace.reply_features) if s.feature == feature]
+    peaks += [a for t in trace.tokens for f, a in t.features if f == feature]
+    return max(peaks, default=0.0)
+
+
+def matches(query: str, feature: int, label: str | None) -> bool:
+    """Whether a feature is found by `query`: every word in its label, or its number."""
+    words = query.lower().replace("#", " ").split()
+    text = f"{feature} {label or ''}".lower()
+    return all(w in text for w in words)
+
+
 class FeaturesPanel(VerticalScroll):
-    """Side panel for the selected turn."""
+    """Side panel for the selected turn. `/` finds a feature by label, `p` pins the highlighted
+    one: its activation on every turn of the chat is drawn as a sparkline."""
+
+    BINDINGS = [
+        Binding("slash", "find", "Find feature", id="features.find"),
+        Binding("p", "pin", "Pin feature", id="features.pin"),
+    ]
 
     DEFAULT_CSS = """
     FeaturesPanel { width: 64; border-left: solid $primary 40%; padding: 0 1; }
     FeaturesPanel > Static { margin-bottom: 1; }
     FeaturesPanel OptionList { height: auto; max-height: 8; margin-bottom: 1; }
+    FeaturesPanel #fp-search { display: none; }
+    FeaturesPanel #fp-search.-shown { display: block; }
+    FeaturesPanel #fp-spark { height: 3; margin-bottom: 1; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.trace: TurnTrace | None = None
         self.feature: int | None = None
+        self.pinned: int | None = None
+        self.pinned_label: str | None = None
+        self.history: list[TurnTrace | None] = []  # every turn on screen, for the pinned sparkline
 
     def compose(self) -> ComposeResult:
         yield Static(Text("Select a reply to see its features.", style="dim"), id="fp-summary")
         yield Static("", id="fp-prompt")
         yield Static("", id="fp-reply")
         yield Static("", id="fp-refusal")
+        yield Input(placeholder="Find a feature by label or number", id="fp-search")
         yield OptionList(id="fp-choose")
         yield Static("", id="fp-heat")
+        yield Static("", id="fp-pinned")
+        spark = Sparkline([], id="fp-spark")
+        spark.display = False
+        yield spark
+
+    def set_history(self, traces: list[TurnTrace | None]) -> None:
+        """The traces of every turn on screen, oldest first (for the pinned feature's sparkline)."""
+        self.history = list(traces)
+        self._draw_pinned()
+
+    def _draw_pinned(self) -> None:
+        spark, note = self.query_one("#fp-spark", Sparkline), self.query_one("#fp-pinned", Static)
+        if self.pinned is None:
+            spark.display = False
+            note.update("")
+            return
+        values = [turn_activation(t, self.pinned) for t in self.history] or [0.0]
+        spark.data = values
+        spark.display = True
+        note.update(Text(f"Pinned {feature_name(self.pinned, self.pinned_label)}: peak per turn "
+                         f"(last {values[-1]:.1f}, max {max(values):.1f}) · p unpins", style="bold"))
+
+    def action_find(self) -> None:
+        search = self.query_one("#fp-search", Input)
+        search.add_class("-shown")
+        search.focus()
+
+    def action_pin(self) -> None:
+        """Pin the highlighted feature (or unpin it when it is pinned already)."""
+        feature = self.feature
+        if feature is None or feature == self.pinned:
+            self.pinned, self.pinned_label = None, None
+        else:
+            self.pinned = feature
+            self.pinned_label = self._labels().get(feature)
+        self._draw_pinned()
+
+    def _labels(self) -> dict[int, str | None]:
+        seen: dict[int, str | None] = {}
+        if self.trace is not None:
+            for st in [*self.trace.refusal_features, *self.trace.prompt_features, *self.trace.reply_features]:
+                seen.setdefault(st.feature, st.label)
+        return seen
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "fp-search":
+            event.stop()
+            self._fill_choices()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "fp-search":
+            event.stop()
+            self.query_one("#fp-choose", OptionList).focus()
+
+    def _fill_choices(self) -> int | None:
+        """List the features of the turn that match the search; return the first."""
+        choose = self.query_one("#fp-choose", OptionList)
+        choose.clear_options()
+        query = self.query_one("#fp-search", Input).value
+        seen = {f: label for f, label in self._labels().items() if matches(query, f, label)}
+        choose.add_options(
+            [Option(Text(f"heat map: {feature_name(f, label)}"), id=str(f)) for f, label in seen.items()]
+        )
+        choose.display = bool(seen) or bool(query)
+        first = next(iter(seen), None)
+        if first is not None:
+            choose.highlighted = 0
+        return first
 
     def show(self, trace: TurnTrace | None, note: str | None = None) -> None:
         """Render `trace` (None shows `note` instead, e.g. for an interrupted reply)."""
@@ -182,19 +280,7 @@ class FeaturesPanel(VerticalScroll):
         self.query_one("#fp-prompt", Static).update(feature_table("Prompt features", trace.prompt_features, refusal_ids))
         self.query_one("#fp-reply", Static).update(feature_table("Reply features", trace.reply_features, refusal_ids))
         self.query_one("#fp-refusal", Static).update(refusal_table(trace.refusal_features))
-        choose = self.query_one("#fp-choose", OptionList)
-        choose.clear_options()
-        seen: dict[int, str | None] = {}
-        for st in [*trace.refusal_features, *trace.prompt_features, *trace.reply_features]:
-            seen.setdefault(st.feature, st.label)
-        choose.add_options(
-            [Option(Text(f"heat map: {feature_name(f, label)}"), id=str(f)) for f, label in seen.items()]
-        )
-        choose.display = bool(seen)
-        first = next(iter(seen), None)
-        if first is not None:
-            choose.highlighted = 0
-        self.choose_feature(first)
+        self.choose_feature(self._fill_choices())
 
     def choose_feature(self, feature: int | None) -> None:
         """Show the heat map of `feature` over the turn's tokens."""
