@@ -356,7 +356,7 @@ def _prompt_text(s: EvalSet, i: int) -> str:
 def run_sweep(steered: SteeredModel, sets: list[EvalSet], settings: list[SweepSetting], out_dir: Path, *,
               max_new_tokens: int = 48, math_tokens: int = 128, batch_size: int = 8, mc_batch: int = 16,
               judge2=None, seed: int = 0, meta: dict | None = None, show_progress: bool = True,
-              reuse_closed: bool = True) -> dict:
+              reuse_closed: bool = True, stop_on_refusal: bool = False, no_repeat_ngram: int | None = None) -> dict:
     """Run every set under every setting, appending each finished item to results.jsonl in
     `out_dir` (items already there are skipped), and return the report: metrics per
     setting, the conditional-steering goal and every record.
@@ -375,6 +375,8 @@ def run_sweep(steered: SteeredModel, sets: list[EvalSet], settings: list[SweepSe
     # what was steered is part of the sweep's identity: a resume against a changed features.json is refused
     meta = {"model": steered.model_name, "sae": steered.sae_name, "max_new_tokens": max_new_tokens,
             "math_tokens": math_tokens,
+            **({"stop_on_refusal": True} if stop_on_refusal else {}),
+            **({"no_repeat_ngram": no_repeat_ngram} if no_repeat_ngram else {}),
             "refusal_features": [[r.feature, r.reference_activation] for r in steered.features.refusal_features],
             "harm_gate": None if gate is None else {"n_features": len(gate.features), "threshold": gate.threshold},
             **(meta or {})}
@@ -418,7 +420,9 @@ def run_sweep(steered: SteeredModel, sets: list[EvalSet], settings: list[SweepSe
                 for start in range(0, len(todo), batch_size):
                     chunk = todo[start : start + batch_size]
                     texts = [s.items[i].text for i in chunk]
-                    replies = generate_batch(subset, texts, safety, max_new_tokens, batch_size)
+                    replies = generate_batch(subset, texts, safety, max_new_tokens, batch_size,
+                                             stop_on_refusal=stop_on_refusal and st.strength > 0,
+                                             no_repeat_ngram=no_repeat_ngram if st.strength > 0 else None)
                     second = judge2.judge([(t, r.reply) for t, r in zip(texts, replies)]) if judge2 else None
                     for j, (i, r) in enumerate(zip(chunk, replies)):
                         extra = {"judge2_refused": second[j][0], "judge2_log_odds": second[j][1]} if second else {}

@@ -21,6 +21,7 @@ from steerchat.engine.core.api import (
 )
 from steerchat.engine.core.levels import SafetySettings
 from steerchat.engine.core.trace import TurnTrace
+from steerchat.engine.runtime.batch import STEERED_NO_REPEAT_NGRAM, RefusalStop, SteeredNoRepeat
 from steerchat.engine.runtime.judge import judge_refusal, opening_log_odds
 from steerchat.engine.runtime.steered import History, SteeredModel, open_steered
 from steerchat.engine.runtime.steering import ClampRequest
@@ -176,6 +177,14 @@ class Session:
             logits_processor=LogitsProcessorList([first]),
             repetition_penalty=sp.repetition_penalty if sp.repetition_penalty != 1.0 else None,
         )
+        if steered.hook is not None:
+            # a steered reply ends once its decline is complete and never loops; both act only
+            # while the hook clamps, so an unsteered reply is untouched (engine.runtime.batch)
+            def rows(hook=steered.hook):
+                return hook.steered_rows
+
+            gen_kwargs["stopping_criteria"].append(RefusalStop(tok, prepared.input_ids.shape[1], rows=rows))
+            gen_kwargs["logits_processor"].append(SteeredNoRepeat(STEERED_NO_REPEAT_NGRAM, rows))
         if sp.greedy:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:

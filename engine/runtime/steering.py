@@ -164,6 +164,7 @@ class SteeringHook:
         self.gate_scores: torch.Tensor | None = None
         self.gate_positions: torch.Tensor | None = None
         self.gate_open: torch.Tensor | None = None
+        self.steered_rows: torch.Tensor | None = None
         self._dirs: torch.Tensor | None = None
         self._handle = None
         self._ref_norm: torch.Tensor | None = None
@@ -172,6 +173,7 @@ class SteeringHook:
         """Forget what was recorded: call before each new generation."""
         self.records = []
         self.gate_scores = self.gate_positions = self.gate_open = None
+        self.steered_rows = None  # (B,) rows the last pass clamped, None when it clamped none
         self._ref_norm = None
 
     @property
@@ -210,7 +212,14 @@ class SteeringHook:
                     stats_max=acts.amax(dim=1), stats_sum=acts.sum(dim=1), stats_count=fired.sum(dim=1),
                 ))
             if targets is None:
+                self.steered_rows = None
                 return output
+            rows = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+            if request.conditional:
+                rows = self.gate_open.clone()
+            if request.lower_where_closed:
+                rows = ~self.gate_open
+            self.steered_rows = rows
             coeff = (targets.to(natural.dtype) - natural) * live[..., None]  # (B, T, R)
             if request.conditional:
                 coeff = coeff * self.gate_open.to(coeff.dtype)[:, None, None]

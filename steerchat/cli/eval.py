@@ -111,7 +111,12 @@ def register(sub) -> None:
                    help="folder with harmful_train.json, harmless_train.json (default ../shared/data if present)")
     x.add_argument("--gate-recall", type=probability, default=0.95,
                    help="share of dev harmful prompts the gate must open on (0.95: the knee of the dev curve on the starter)")
-    x.add_argument("--gate-features", type=positive_int, default=64, help="most SAE features in the gate")
+    x.add_argument("--gate-features", type=positive_int, default=64, help="most SAE features in the gate (--gate-method features)")
+    x.add_argument("--gate-method", choices=("probe", "features"), default="probe",
+                   help="probe: a linear probe on the hook-layer residual (default); features: the SAE-feature gate")
+    x.add_argument("--decoding-guards", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode steered replies as the chat does: end once a decline sentence is complete and "
+                        "never repeat a 4-gram (default on; --no-decoding-guards for plain greedy)")
     p.set_defaults(run=run)
 
 
@@ -186,7 +191,7 @@ def _fit_gate(args, steered) -> None:
         print("steerchat eval: no harmless_train.json found; fitting against hard negatives only", file=sys.stderr)
     total = 2 * (len(data.harmful) + len(data.harmless) + len(data.hard))
     with tqdm(total=total, desc="fit gate", unit="prompt") as bar:
-        gate = fit_harm_gate(steered, data, top_k=args.gate_features, recall_target=args.gate_recall,
+        gate = fit_harm_gate(steered, data, top_k=args.gate_features, recall_target=args.gate_recall, method=args.gate_method,
                              seed=args.seed, progress=bar.update)
     write_gate(path, gate, command="steerchat eval --fit-gate " + " ".join(sys.argv[3:]))
     m = gate.metrics
@@ -251,6 +256,7 @@ def _run(args) -> int:
           + f" → {out}", file=sys.stderr)
     report = run_sweep(steered, sets, settings, out, max_new_tokens=args.max_new_tokens,
                        math_tokens=args.math_tokens, batch_size=args.batch_size, mc_batch=args.batch_size, judge2=judge2, seed=args.seed,
+                       stop_on_refusal=args.decoding_guards, no_repeat_ngram=4 if args.decoding_guards else None,
                        meta={"judge": args.judge, "sets": {s.name: s.source for s in sets}, "seed": args.seed,
                              "adapter": args.adapter})
     report["meta"]["limits"] = {s.name: len(s.items) for s in sets}
