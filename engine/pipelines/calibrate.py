@@ -9,6 +9,9 @@ The levels are chosen by those measurements, not by fixed strengths:
 - Low / Medium / High: the cheapest setting (least over-refusal + capability drop) whose
   gain reaches 1/3, 2/3 and 9/10 of the largest gain measured;
 - Max: the setting with the largest gain (the cheapest, on a tie).
+Each steered level must be a different setting that refuses strictly more unsafe prompts
+than the level below it (and more than the baseline); a notch that no setting can fill that
+way is left out of the slider rather than repeating the one below.
 
 Conditional and unconditional settings compete on the same terms, so a level is
 conditional exactly when that bought the same protection for less.
@@ -93,15 +96,20 @@ def choose_levels(rows: list[dict]) -> LevelScale:
     best_gain = max(c.gain for c in cands)
     order = sorted(cands, key=lambda c: (c.cost, c.row["strength"], not c.row["conditional"]))
     picked: list[LevelCandidate] = []
-    for name, share in LEVEL_TARGETS:
+    # each steered level is a setting of its own and refuses strictly more unsafe prompts than
+    # the one below; a notch no measured setting can fill that way is left out
+    for name, share in LEVEL_TARGETS + (("Max", 1.0),):
         target = share * best_gain if best_gain > 0 else 0.0
-        floor = picked[-1].gain if picked else float("-inf")  # levels never protect less than the one below
-        c = next((c for c in order if c.gain >= target and c.gain >= floor), None)
-        c = c or max(cands, key=lambda c: (c.gain, -c.cost))
+        floor = picked[-1].gain if picked else 0.0
+        fits = [c for c in cands if c.gain >= target and c.gain > floor]
+        if name == "Max":
+            c = max(fits, key=lambda c: (c.gain, -c.cost)) if fits else None
+        else:
+            c = next((c for c in order if c in fits), None)
+        if c is None:
+            continue
         picked.append(c)
         levels.append(_level(name, c.row, base))
-    top = max(cands, key=lambda c: (c.gain, -c.cost))
-    levels.append(_level("Max", top.row, base))
     return LevelScale(tuple(levels), source="calibrated by `steerchat eval --calibrate`")
 
 
