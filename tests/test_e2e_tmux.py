@@ -105,3 +105,58 @@ def test_chat_stream_slider_why_refused_quit_and_restore(tmux):
     tmux.keys("Enter")
     screen = tmux.wait_for(lambda s: prompt in s and "Assistant" in s, "the restored chat")
     assert re.search(r"Assistant\s+level Off", screen)  # the turn shows the level it was written at
+
+
+def _palette(tmux, command: str) -> None:
+    tmux.keys("C-p")
+    tmux.wait_for(lambda s: "Search for commands" in s or "command" in s.lower(), "the command palette")
+    tmux.keys(command, literal=True)
+    tmux.wait_for(lambda s: command in s, f"the palette entry {command!r}")
+    tmux.keys("Enter")
+
+
+def test_edit_switch_branches_search_and_restore(tmux):
+    prompt = "Name three colours of the rainbow."
+    tmux.start(f"{SCRIPT} --model smollm2-135m")
+    tmux.wait_for(lambda s: "Message the model" in s and "smollm2-135m" in s and "loading" not in s,
+                  "the chat screen with the model loaded")
+    tmux.keys(prompt, literal=True)
+    tmux.keys("Enter")
+    tmux.wait_for(lambda s: "Assistant" in s and "writing" not in s and "tokens" in s, "the first reply")
+
+    # edit the message: it comes back in the prompt; sending it forks the chat there
+    _palette(tmux, "Edit a message")
+    tmux.wait_for(lambda s: "Editing" in s, "the edit notice")
+    tmux.keys("End")
+    tmux.keys(" Reply briefly.", literal=True)
+    tmux.keys("Enter")
+    screen = tmux.wait_for(lambda s: "‹ 2/2 ›" in s and "writing" not in s, "the second branch")
+    assert "Reply briefly." in screen
+
+    # Alt+← goes back to the first branch
+    tmux.keys("M-Left")
+    screen = tmux.wait_for(lambda s: "‹ 1/2 ›" in s, "the first branch")
+    assert "Reply briefly." not in screen.split("‹ 1/2 ›", 1)[1].split("Assistant", 1)[0]
+
+    # search finds the edited prompt and opens the chat on its branch
+    _palette(tmux, "Search chats")
+    tmux.wait_for(lambda s: "Search all chats" in s, "the search box")
+    tmux.keys("briefly", literal=True)
+    tmux.wait_for(lambda s: "You:" in s, "a search hit")
+    tmux.keys("Enter")
+    tmux.keys("Enter")
+    tmux.wait_for(lambda s: "‹ 2/2 ›" in s and "Message the model" in s, "the hit opened on its branch")
+
+    tmux.keys("C-q")
+    time.sleep(1.5)
+    tmux.kill()
+
+    # reopen: both branches are there
+    tmux.start(f"{SCRIPT} --model smollm2-135m")
+    tmux.wait_for(lambda s: "Message the model" in s and "loading" not in s, "the chat screen after restart")
+    tmux.keys("C-o")
+    tmux.wait_for(lambda s: "Chats" in s and "Name three colours" in s, "the saved chat in the list")
+    tmux.keys("Enter")
+    tmux.wait_for(lambda s: "‹ 2/2 ›" in s and "Reply briefly." in s, "the restored branch on screen")
+    tmux.keys("M-Left")
+    tmux.wait_for(lambda s: "‹ 1/2 ›" in s, "the other branch after restart")

@@ -518,10 +518,15 @@ class ChatScreen(Screen):
         """Show the previous/next alternative of the selected message (an edit or a regenerated reply)."""
         if self.streaming is not None or self.chat_id is None:
             return
-        view = self.focused_message if self.focused_message in list(self.query_one(ChatLog).children) else None
-        if view is None:
-            view = self._target()
-        if view is None or view.message_id is None or not view.branch or view.branch[1] <= 1:
+        shown = list(self.query_one(ChatLog).children)
+        # the selected message; else the reply in focus; else the last message that has versions
+        candidates = [self.focused_message if self.focused_message in shown else None, self._target(),
+                      *[v for v in reversed(shown) if getattr(v, "branch", None)]]
+        if self.focused is not None and self.focused is self.focused_message:
+            candidates = candidates[:1]  # a message in focus switches only its own versions
+        view = next((v for v in candidates if v is not None and getattr(v, "branch", None)
+                     and v.branch[1] > 1), None)
+        if view is None or view.message_id is None:
             self.notify("This message has no other branch.", severity="information")
             return
         siblings = self.store.siblings(view.message_id)
