@@ -51,7 +51,7 @@ def offline_models() -> list[ModelEntry]:
 
 
 def offline_label(entry: ModelEntry) -> str:
-    facts = [f"{entry.size_mb} MB" if entry.size_mb else "", f"~{entry.cpu_tok_s:g} tok/s on this CPU" if entry.cpu_tok_s else ""]
+    facts = [f"{entry.size_mb} MB" if entry.size_mb else "", f"~{entry.cpu_tok_s:g} tok/s" if entry.cpu_tok_s else ""]
     facts = ", ".join(f for f in facts if f)
     what = "the starter model" if entry.name == STARTER else "the offline model"
     return f"Use {what} {entry.name}" + (f" ({facts})" if facts else "")
