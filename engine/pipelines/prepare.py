@@ -429,6 +429,9 @@ def prepare(cfg: PrepareConfig, say: Callable[[str], None] = print, stop_after: 
             raise EngineError(f"calibrating the levels failed: {exc}") from None
         write_levels(scale, folder / "levels.json", report)
         _write_entry(folder, cfg, loaded, sae.cfg.hook_layer)
+        if not any(lv.strength > 0 for lv in scale.levels):
+            say("levels: no steered setting refused more of the sweep's unsafe prompts than the model alone, so "
+                "the slider offers Off and Guided only; a larger --eval-limit may measure a gain")
         return {"levels": [lv.name for lv in scale.levels]}
 
     stage(7, "levels", run_levels)

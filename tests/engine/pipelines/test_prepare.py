@@ -42,7 +42,25 @@ def result(folder: Path) -> dict:
             "labels": json.loads((folder / "labels.json").read_text()), "levels": levels["levels"]}
 
 
-@pytest.mark.xfail(reason="calibration now drops notches that refuse no more than the one below, so the tiny prepared model gets only Off/Guided and `--level Max` is unknown; the test must pick the top calibrated level")
+def assert_steers(name: str, prompt: str, capsys) -> None:
+    """The prepared model opens by name at its top calibrated level, and its refusal features clamp
+    when a strength is asked for (a random model's sweep may leave the slider at Off and Guided)."""
+    from steerchat.engine.core.api import SamplingSettings
+    from steerchat.engine.core.levels import SafetySettings
+    from steerchat.engine.runtime.session import open_session
+
+    levels = json.loads((user_models_dir() / name / "levels.json").read_text())["levels"]
+    top = levels[-1]
+    assert main(["ask", prompt, "--model", name, "--level", top["name"], "--json", "--max-tokens", "2"]) == 0
+    trace = json.loads(capsys.readouterr().out)
+    assert trace["strength"] == top["strength"]
+    session = open_session(name, sampling=SamplingSettings(max_new_tokens=2))
+    session.settings = SafetySettings(level=session.levels.levels[0], strength_override=2.0)
+    steered = session.send(prompt)
+    assert steered.strength == 2.0 and steered.refusal_features
+    assert all(r.target > 0 for r in steered.refusal_features)
+
+
 def test_prepare_from_nothing_to_a_steered_chat_turn_and_resume_at_every_stage(tiny_model_dir, tmp_path, capsys,
                                                                             monkeypatch):
     cfg = small(tiny_model_dir)
@@ -60,11 +78,12 @@ def test_prepare_from_nothing_to_a_steered_chat_turn_and_resume_at_every_stage(t
     # the chat finds it by name, like a shipped model, and steers
     entry = get_entry("tiny-phi3")
     assert entry is not None and entry.prepared and entry.sae_path == folder / "sae"
-    assert main(["ask", "How do I pick a lock?", "--model", "tiny-phi3", "--level", "Max", "--json",
-                 "--max-tokens", "3"]) == 0
-    trace = json.loads(capsys.readouterr().out)
-    assert trace["strength"] > 0 and trace["refusal_features"]
-    assert all(r["target"] > 0 for r in trace["refusal_features"])
+    assert_steers("tiny-phi3", "How do I pick a lock?", capsys)
+    # a random model refuses nothing, steered or not: calibration leaves the steered notches out and says so
+    assert [lv["name"] for lv in reference["levels"]][:2] == ["Off", "Guided"]
+    assert all(lv["strength"] > 0 for lv in reference["levels"][2:])
+    if len(reference["levels"]) == 2:
+        assert any("Off and Guided only" in line for line in lines)
 
     # a second run skips everything
     again: list[str] = []
@@ -142,9 +161,7 @@ def build_tiny_gemma3(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.xfail(reason="calibration now drops notches that refuse no more than the one below, so the tiny prepared model gets only Off/Guided and `--level Max` is unknown; the test must pick the top calibrated level")
 def test_prepare_a_tiny_gemma3(tmp_path, capsys):
     gemma = build_tiny_gemma3(tmp_path / "tiny-gemma3")
     prepare(small(gemma), say=lambda _: None, progress=False)
-    assert main(["ask", "hi", "--model", "tiny-gemma3", "--level", "Max", "--json", "--max-tokens", "2"]) == 0
-    assert json.loads(capsys.readouterr().out)["strength"] > 0
+    assert_steers("tiny-gemma3", "hi", capsys)
