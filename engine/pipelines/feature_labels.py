@@ -6,6 +6,14 @@ of the feature's mass and is rarer overall: score = p(t|f) * log(p(t|f) / p(t)).
 label is the top three characteristic tokens, plus the kind of document the feature
 mostly fires in (refusal, reply, pair, prompt, text) when one kind holds most of its
 mass. The top-activating contexts themselves are kept for the UI and for checking.
+
+Features that fired at least `min_fires` times are ranked by total activation mass, then
+the rarer ones by mass, then those that never fired; the first `top` get labels. With
+`top=None` (or `top` >= d_sae) every feature gets one. A feature that fired fewer than
+`min_fires` times is too rare for the score, so its label says so and lists the tokens it
+fired on, by mass ("rare: a / b"); one that never fired in the collection is labelled
+NEVER_FIRED. Each record says which of the three it is ("status": "normal", "rare" or
+"never fired").
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ LABEL_WORDS = 3  # characteristic tokens in a label
 MIN_TOKEN_SHARE = 0.03  # a token must carry at least this share of a feature's mass to name it
 KIND_MAJORITY = 0.6  # a document kind joins the label when it holds this share of the feature's mass
 ENCODE_CHUNK = 4096  # activations encoded at once
+RARE_PREFIX = "rare: "  # label of a feature that fired, but fewer than min_fires times
+NEVER_FIRED = "never fired in the labelling corpus"  # label of a feature that never fired
 
 
 def _clean(tok: str) -> str:
@@ -30,9 +40,12 @@ def _clean(tok: str) -> str:
 
 
 @torch.no_grad()
-def label_features(sae: SAE, folder: str | Path, tokenizer, top: int = 1000, min_fires: int = 5,
+def label_features(sae: SAE, folder: str | Path, tokenizer, top: int | None = 1000, min_fires: int = 5,
                    contexts: int = 3, window: int = 8, progress: bool = True) -> tuple[dict[int, str], dict]:
-    """Labels for the `top` most active features (by total activation mass), and their top contexts."""
+    """Labels for the `top` most active features, and their top contexts (None: every feature).
+
+    Ranking: features that fired at least `min_fires` times, by total activation mass; then
+    the rarer ones, by mass; then those that never fired, by index."""
     folder = Path(folder)
     manifest = Manifest.load(folder)
     kinds = [json.loads(line).get("kind", "?") for line in (folder / DOCS).read_text(encoding="utf-8").splitlines()]
@@ -75,21 +88,42 @@ def label_features(sae: SAE, folder: str | Path, tokenizer, top: int = 1000, min
     p_t_f = mass / feat_mass[feat_of]
     score = p_t_f * torch.log(p_t_f / p_tok[tok_of].clamp_min(1e-12))
     order = torch.argsort(feat_of * 1e6 - score.clamp(-1e5, 1e5))  # by feature, best tokens first
-    chosen = [f for f in feat_mass.argsort(descending=True).tolist() if fires[f] >= min_fires][:top]
-    chosen_set = set(chosen)
+    by_mass = feat_mass.argsort(descending=True).tolist()
+    common = [f for f in by_mass if fires[f] >= min_fires]
+    rare = [f for f in by_mass if 0 < fires[f] < min_fires]
+    dead = [f for f in range(sae.d_sae) if fires[f] == 0]
+    chosen = (common + rare + dead)[:top]
+    common_set, rare_set = set(common) & set(chosen), set(rare) & set(chosen)
     firsts: dict[int, list[int]] = {}
     for j in order.tolist():
         f = int(feat_of[j])
-        if f in chosen_set and len(firsts.setdefault(f, [])) < LABEL_WORDS and p_t_f[j] >= MIN_TOKEN_SHARE:
+        if f in common_set and len(firsts.setdefault(f, [])) < LABEL_WORDS and p_t_f[j] >= MIN_TOKEN_SHARE:
             firsts[f].append(j)
+    rare_tokens: dict[int, list[int]] = {}  # a rare feature's tokens, by its mass on them
+    if rare_set:
+        for j in torch.argsort(feat_of * 2.0 - p_t_f).tolist():  # by feature, largest share first
+            f = int(feat_of[j])
+            if f in rare_set:
+                rare_tokens.setdefault(f, []).append(j)
     labels: dict[int, str] = {}
     record: dict[str, dict] = {}
     shard_cache: dict[int, dict] = {}
     for f in chosen:
-        words = list(dict.fromkeys(_clean(tokenizer.convert_ids_to_tokens(int(tok_of[j]))) for j in firsts.get(f, [])))
+        if fires[f] == 0:
+            labels[f] = NEVER_FIRED
+            record[str(f)] = {"label": labels[f], "status": "never fired", "fires": 0, "mass": 0.0,
+                              "kind_share": {}, "contexts": []}
+            continue
         share = kind_mass[f] / kind_mass[f].sum()
-        kind = kind_names[int(share.argmax())] if float(share.max()) >= KIND_MAJORITY else None
-        labels[f] = " / ".join(words) + (f" [{kind}]" if kind else "") if words else (f"[{kind}]" if kind else "diffuse")
+        if f in rare_set:
+            words = list(dict.fromkeys(_clean(tokenizer.convert_ids_to_tokens(int(tok_of[j])))
+                                       for j in rare_tokens[f]))[:LABEL_WORDS]
+            labels[f], status = RARE_PREFIX + " / ".join(words), "rare"
+        else:
+            words = list(dict.fromkeys(_clean(tokenizer.convert_ids_to_tokens(int(tok_of[j]))) for j in firsts.get(f, [])))
+            kind = kind_names[int(share.argmax())] if float(share.max()) >= KIND_MAJORITY else None
+            labels[f] = " / ".join(words) + (f" [{kind}]" if kind else "") if words else (f"[{kind}]" if kind else "diffuse")
+            status = "normal"
         ctx = []
         for c in best_val[f].argsort(descending=True).tolist():
             si, row = best_at[f, c].tolist()
@@ -98,7 +132,7 @@ def label_features(sae: SAE, folder: str | Path, tokenizer, top: int = 1000, min
             shard = shard_cache.setdefault(si, load_shard(folder, manifest.shards[si]))
             ctx.append({"activation": round(float(best_val[f, c]), 3),
                         "text": _context(tokenizer, shard, row, window)})
-        record[str(f)] = {"label": labels[f], "fires": int(fires[f]), "mass": round(float(feat_mass[f]), 2),
+        record[str(f)] = {"label": labels[f], "status": status, "fires": int(fires[f]), "mass": round(float(feat_mass[f]), 2),
                           "kind_share": {k: round(float(s), 3) for k, s in zip(kind_names, share.tolist())},
                           "contexts": ctx}
     return labels, record

@@ -67,11 +67,15 @@ def register(sub) -> None:
     f.set_defaults(run=run_find)
 
     lab = fs.add_parser("label", help="label the most active features from their top-activating contexts",
-                        description="Write labels.json (and feature_contexts.json) beside features.json.")
+                        description="Write labels.json (and feature_contexts.json) beside features.json. "
+                        "Features are ranked by activation mass; with --top all every feature gets a label: "
+                        "one that fired fewer than 5 times is labelled 'rare: <its tokens>', one that never "
+                        "fired in the collection 'never fired in the labelling corpus'.")
     lab.add_argument("--model", "-m", default="smollm2-135m", help="model whose tokenizer reads the contexts")
     lab.add_argument("--sae", required=True)
     lab.add_argument("--activations", required=True, help="a collection from `steerchat sae collect`")
-    lab.add_argument("--top", type=positive_int, default=1000, help="how many features to label (1000)")
+    lab.add_argument("--top", type=_top, default=1000,
+                     help="how many features to label, or 'all' (1000; a count >= the SAE's width also labels all)")
     lab.add_argument("--out", help="folder for labels.json (default as for find-refusal)")
     lab.set_defaults(run=run_label)
 
@@ -89,6 +93,11 @@ def register(sub) -> None:
     sw.add_argument("--batch-size", type=positive_int, default=32)
     sw.add_argument("--json", help="also write the rows to this JSON file")
     sw.set_defaults(run=run_features_sweep)
+
+
+def _top(text: str) -> int | None:
+    """`--top`: a whole number >= 1, or 'all' (None: every feature)."""
+    return None if text.strip().lower() == "all" else positive_int(text)
 
 
 def _sizes(text: str) -> str:
@@ -212,6 +221,8 @@ def run_find(args: argparse.Namespace) -> int:
 
 
 def run_label(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from steerchat.engine.core.api import EngineError
     from steerchat.engine.core.featureset import FeatureSet
     from steerchat.engine.pipelines.feature_labels import CONTEXTS_NAME, label_features
@@ -237,7 +248,9 @@ def run_label(args: argparse.Namespace) -> int:
         return 1
     for f in [r.feature for r in fs.refusal_features] + list(labels)[:10]:
         print(f"  {f:>5}: {labels.get(f, '(not among the labelled)')}")
-    print(f"labelled {len(labels)} features; wrote {out / 'labels.json'} and {out / CONTEXTS_NAME}")
+    status = Counter(r.get("status", "normal") for r in record.values())
+    print(f"labelled {len(labels)} of {sae.d_sae} features ({status['normal']} normal, {status['rare']} rare, "
+          f"{status['never fired']} never fired); wrote {out / 'labels.json'} and {out / CONTEXTS_NAME}")
     return 0
 
 
