@@ -297,12 +297,7 @@ def run_chat(
     code = app.return_code or 0
     loop = getattr(app, "own_loop", None)
     if loop is not None:
-        try:
-            loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), 2.0))
-            busy = False
-        except (asyncio.TimeoutError, RuntimeError):
-            busy = True
-        if busy:
+        if _executor_still_busy(loop, wait_s=2.0):
             # A worker still busy in the engine (a huge prompt being tokenised, a load) cannot
             # be interrupted from Python; Ctrl+Q must still end the process rather than hang.
             sys.stdout.flush()
@@ -310,3 +305,17 @@ def run_chat(
             os._exit(code)
         loop.close()
     return code
+
+
+def _executor_still_busy(loop: asyncio.AbstractEventLoop, wait_s: float) -> bool:
+    """Shut the loop's default executor (the thread workers) down; True if a worker is still
+    running after `wait_s`. The wait runs in a daemon thread because Python 3.11's
+    `shutdown_default_executor` joins its helper thread even when cancelled, so a timeout
+    around it (`asyncio.wait_for`) would hang exactly when a worker is stuck."""
+    import threading
+
+    waiter = threading.Thread(target=loop.run_until_complete, args=(loop.shutdown_default_executor(),),
+                              name="steerchat-exit", daemon=True)
+    waiter.start()
+    waiter.join(wait_s)
+    return waiter.is_alive()

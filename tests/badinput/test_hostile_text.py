@@ -6,7 +6,12 @@ app's driver uses."""
 from __future__ import annotations
 
 import asyncio
+import shlex
+import shutil
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -287,3 +292,57 @@ def test_bidi_override_cannot_shift_the_chat_list(tmp_path):
     assert not any(ch in row for row in rows for ch in "\u202e\u2066\u2069")
     assert rows[0].index("msgs") == rows[1].index("msgs")  # the columns line up
     assert one_line("a\u202eb") == "a⟨U+202E⟩b"
+
+
+# ---------------------------------------------------------------- a real terminal (tmux)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _pane(name: str) -> str:
+    return subprocess.run(["tmux", "capture-pane", "-t", name, "-p"], capture_output=True, text=True).stdout
+
+
+def _until(name: str, predicate, what: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = _pane(name)
+        if predicate(screen):
+            return screen
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; the screen was:\n{screen}")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_in_a_terminal_pastes_are_inert_and_ctrl_q_ends_a_stuck_turn(tmp_path):
+    """The issue's own reproduction (`tmux paste-buffer -p` of an OSC holding Ctrl+Q, then a raw
+    0x9b byte) on the real driver, then Ctrl+Q while the engine is stuck in a turn: the process
+    ends within seconds with status 0, and the message is saved with the reply marked stopped."""
+    home = tmp_path / "home"
+    name = f"badinput-{uuid.uuid4().hex[:8]}"
+    command = (f"cd {shlex.quote(str(ROOT))} && env STEERCHAT_HOME={shlex.quote(str(home))} "
+               f"{shlex.quote(sys.executable)} -m tests.badinput.busy_chat; echo EXITED rc=$?; sleep 600")
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "30", command], check=True)
+    try:
+        _until(name, lambda s: "Message the model" in s, "the chat", 60)
+        for i, raw in enumerate([b"pasted \x1b]0;x\x11 more", b" bad\x9bbyte end"]):
+            (tmp_path / f"paste{i}").write_bytes(raw)
+            subprocess.run(["tmux", "load-buffer", "-b", f"{name}-{i}", str(tmp_path / f"paste{i}")], check=True)
+            subprocess.run(["tmux", "paste-buffer", "-p", "-d", "-b", f"{name}-{i}", "-t", name], check=True)
+        typed = "pasted ␛]0;x␑ more bad\ufffdbyte end"
+        _until(name, lambda s: typed in s, "the pasted text in the prompt", 10)
+        assert "EXITED" not in _pane(name)
+        subprocess.run(["tmux", "send-keys", "-t", name, "Enter"], check=True)
+        _until(name, lambda s: "writing" in s, "the stuck turn", 10)
+        t0 = time.monotonic()
+        subprocess.run(["tmux", "send-keys", "-t", name, "C-q"], check=True)
+        screen = _until(name, lambda s: "EXITED" in s, "the process to end", 15)
+        took = time.monotonic() - t0
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+    assert "EXITED rc=0" in screen and took < 8, (took, screen)
+    store = Store(home / "data" / "history.sqlite")
+    rows = store.messages(store.chats()[0].id)
+    assert [(r.role, r.content, r.status) for r in rows] == [("user", typed, "ok"), ("assistant", "", "stopped")]
