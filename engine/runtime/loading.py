@@ -404,8 +404,10 @@ def load_model(spec: str, quant: str = "auto", device: str = "auto", dtype: str 
                 return tok, mdl
             tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)  # a broken template fails here
         except Exception as exc:  # a bad config.json ("hidden_size": "big") raises TypeError and friends
-            first = (str(exc).splitlines() or [""])[0][:200]
-            raise EngineError(f"Could not load the model from {folder} ({type(exc).__name__}: {first}).") from None
+            # one line, but with the detail: pydantic-style errors put it on the second line
+            # ("Validation error for field 'hidden_size':" / "TypeError: ... expected int, got str")
+            detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+            raise EngineError(f"Could not load the model from {folder} ({type(exc).__name__}: {detail}).") from None
         return tok, mdl
 
     try:

@@ -205,6 +205,19 @@ CASES: list[Case] = [
          "context of 512 tokens"),
     Case("ask-no-room-for-reply", lambda w: ["ask", "x" * 400, "--model", w.model, "--sae", "none",
                                              "--max-tokens", "200"], "--max-tokens"),
+    # ---- model paths
+    Case("ask-model-etc-passwd", lambda w: ["ask", "hi", "--model", "/etc/passwd", "--sae", "none"],
+         "/etc/passwd is a file but not a GGUF model"),
+    Case("download-etc-passwd", lambda w: ["download", "/etc/passwd"], "/etc/passwd is a file but not a GGUF model"),
+    Case("download-missing-gguf", lambda w: ["download", "x.gguf"], "No GGUF file at x.gguf"),
+    Case("download-bad-id", lambda w: ["download", "bad//id with spaces"], "not a registered model"),
+    Case("ask-model-not-gguf-named-gguf", lambda w: ["ask", "hi", "--model", w.file("fake.gguf", b"PK\x03\x04 zip"),
+                                                     "--sae", "none"], "fake.gguf is a file but not a GGUF model",
+         kept=lambda w: [w.kept, w.path("fake.gguf")]),
+    Case("ask-model-config-hidden-size-word",
+         lambda w: ["ask", "hi", "--sae", "none", "--model", str(Path(w.file(
+             "bad-model/config.json", json.dumps({"model_type": "llama", "hidden_size": "big"}))).parent)],
+         "'hidden_size' expected int, got str", kept=lambda w: [w.kept, w.path("bad-model/config.json")]),
     # ---- SAE and features files of the wrong type
     Case("sae-hook-layer-word", lambda w: _ask_sae(w, w.sae_with("s1", cfg={"hook_layer": "twelve", "hook_name": ""})),
          "'hook_layer'"),
