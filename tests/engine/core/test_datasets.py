@@ -15,7 +15,7 @@ from steerchat.engine.core import datasets as ds
 from steerchat.engine.core.api import EngineError
 from steerchat.engine.core.datasets import DatasetError
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
