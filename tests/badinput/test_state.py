@@ -204,6 +204,56 @@ def test_invalid_utf8_row_and_corrupt_trace_open_from_the_chat_list(home):
     assert "could not be read and was dropped" in shown
 
 
+CRASHING_WRITER = """
+import sys, time
+from steerchat.store import Store
+store = Store(sys.argv[1])
+chat = store.new_chat("before the crash", "m")
+for i in range(5):
+    store.add_message(chat, "user", f"question {i}")
+    store.add_message(chat, "assistant", f"answer {i}", level="Low")
+store.add_message(chat, "user", "the last question")
+reply = store.add_message(chat, "assistant", "", status="streaming")
+text = ""
+while True:  # a reply being written, saved as it grows, until the process is killed
+    text += "word "
+    store.update_message(reply, content=text)
+    if len(text) == 50:
+        print("streaming", flush=True)
+"""
+
+
+@pytest.mark.parametrize("after_s", [0.0, 0.2, 0.5])
+def test_kill_9_while_a_reply_is_saved(tmp_path, after_s):
+    """What already held when the issue was filed (3 of 3 kill -9 crashes): every message
+    back, the partial reply marked interrupted, the integrity check ok."""
+    import signal
+    import subprocess
+    import sys
+
+    from steerchat.store import open_store
+
+    db = tmp_path / "data" / "history.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "streaming"
+        time.sleep(after_s)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()
+    store, warning = open_store(db)
+    assert warning is None and store.recovered == 1
+    rows = store.messages(1)
+    assert [r.content for r in rows[:11]] == [x for i in range(5) for x in (f"question {i}", f"answer {i}")] + [
+        "the last question"]
+    last = rows[11]
+    assert len(rows) == 12 and last.status == "interrupted"
+    assert len(last.content) >= 50 and last.content == "word " * (len(last.content) // 5)
+    store.close()
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
 # ---------------------------------------------------------------- config.toml
 
 
@@ -278,10 +328,21 @@ def test_sampling_values_out_of_range(tmp_path, key, value):
     assert getattr(config.sampling, other) == (0.9 if other == "top_p" else 0.5)  # only that key falls back
 
 
-def test_app_survives_a_broken_config(home):
+BROKEN_CONFIGS = {  # file bytes, what the warning names, whether saving backs the file up, a valid key kept
+    "syntax-error": (CONFIG.encode(), ["not valid TOML", "line 4"], True, ("system", "Answer in French.")),
+    "invalid-utf8": (b'# mine\nmodel = "smollm2-135m"\nsystem = "caf\xe9"\n', ["UTF-8", "line 3"], True,
+                     ("model", "smollm2-135m")),
+    "top-p-5": (b'# mine\n[sampling]\ntemperature = 0.25\ntop_p = 5.0\n', ["'top_p'", "line 4"], False,
+                ("temperature", 0.25)),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CONFIGS))
+def test_app_survives_a_broken_config(home, case):
+    raw, named, backed_up, (key, value) = BROKEN_CONFIGS[case]
     path = home / "config" / "config.toml"
     path.parent.mkdir(parents=True)
-    path.write_text(CONFIG)
+    path.write_bytes(raw)
     config, warning = load_config(path)
     app = app_for(home, config, warning)
 
@@ -290,12 +351,16 @@ def test_app_survives_a_broken_config(home):
             await ready(pilot)
             await send(pilot, "hello")
             app.save_settings()
-            return notes(app)
+            return notes(app), [m.content for m in app.store.messages(app.chat_screen.chat_id)]
 
-    shown = asyncio.run(scenario())
-    assert "not valid TOML" in shown and "line 4" in shown
-    assert list(path.parent.glob("config.toml.bak-*"))
-    assert "# keep this" in path.read_text()
+    shown, saved = asyncio.run(scenario())
+    assert all(part in shown for part in named), shown
+    assert saved[0] == "hello" and len(saved) == 2
+    backups = list(path.parent.glob("config.toml.bak-*"))
+    assert [b.read_bytes() for b in backups] == ([raw] if backed_up else [])  # never overwritten unbacked
+    assert ("# keep this" if case == "syntax-error" else "# mine") in path.read_text(encoding="utf-8")
+    again, _ = load_config(path)
+    assert getattr(again.sampling if key == "temperature" else again, key) == value
 
 
 # ---------------------------------------------------------------- converted-model cache
