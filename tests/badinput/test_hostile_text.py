@@ -346,3 +346,58 @@ def test_in_a_terminal_pastes_are_inert_and_ctrl_q_ends_a_stuck_turn(tmp_path):
     store = Store(home / "data" / "history.sqlite")
     rows = store.messages(store.chats()[0].id)
     assert [(r.role, r.content, r.status) for r in rows] == [("user", typed, "ok"), ("assistant", "", "stopped")]
+
+
+# ---------------------------------------------------------------- nothing executed
+
+
+UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}
+
+
+def _unsafe_calls(tree) -> list[str]:
+    """What in one module's syntax tree could run code from data or a shell."""
+    import ast
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [f"import {a.name}" for a in node.names if a.name.split(".")[0] in UNSAFE_MODULES]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNSAFE_MODULES:
+            found.append(f"from {node.module} import")
+        elif isinstance(node, ast.Call):
+            func = ast.unparse(node.func)
+            kwargs = {k.arg: k.value for k in node.keywords if k.arg}
+            if func in ("eval", "exec", "compile", "os.system", "os.popen", "__import__"):
+                found.append(f"{func}()")
+            shell = kwargs.get("shell")
+            if shell is not None and not (isinstance(shell, ast.Constant) and shell.value is False):
+                found.append(f"{func}(shell=...)")
+            if func == "torch.load":
+                wo = kwargs.get("weights_only")
+                if not (isinstance(wo, ast.Constant) and wo.value is True):
+                    found.append(f"{func}() without weights_only=True")
+            trc = kwargs.get("trust_remote_code")
+            if trc is not None and not (isinstance(trc, ast.Constant) and trc.value is False):
+                found.append(f"{func}(trust_remote_code=...)")
+        elif isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and k.value == "trust_remote_code" and not (
+                        isinstance(v, ast.Constant) and v.value is False):
+                    found.append("{'trust_remote_code': ...}")
+    return found
+
+
+def test_nothing_in_steerchat_runs_code_from_data_or_a_shell():
+    """What already held when the issue was filed: no pickle, no `trust_remote_code`, no
+    eval/exec and no shell anywhere in the installed package (steerchat/, engine/, tui/, models/)."""
+    import ast
+
+    files = [p for folder in ("steerchat", "engine", "tui", "models") for p in sorted((ROOT / folder).rglob("*.py"))]
+    assert len(files) > 50
+    found = {str(p.relative_to(ROOT)): hits for p in files
+             if (hits := _unsafe_calls(ast.parse(p.read_text(encoding="utf-8"))))}
+    assert found == {}
+    assert _unsafe_calls(ast.parse("import pickle\neval('1')\nsubprocess.run('x', shell=True)\n"
+                                   "torch.load(f)\nf(trust_remote_code=True)\nd = {'trust_remote_code': flag}")) == [
+        "import pickle", "eval()", "subprocess.run(shell=...)", "torch.load() without weights_only=True",
+        "f(trust_remote_code=...)", "{'trust_remote_code': ...}"]
