@@ -58,6 +58,7 @@ async def chat_once(app, text: str = "hello after the fault"):
             await pilot.pause(0.05)
         saved = [m.content for m in app.store.messages(chat_id)]
         shown = notes(app)
+        assert all("\n" not in n.message for n in app._notifications), shown  # each warning one line
     return saved, shown
 
 
@@ -438,6 +439,29 @@ def test_not_a_gguf_named_gguf(tmp_path):
     with pytest.raises(ModelNotAvailable, match="not a GGUF model file"):
         loading.convert_gguf(fake)
     assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("where", ["cache", "model-folder"])
+def test_a_file_in_the_cache_s_place_and_a_failed_conversion(home, where):
+    """The cache folder (or a converted model's folder) replaced by a file is moved aside, never
+    deleted; a GGUF that fails to convert is one sentence and leaves no *.partial folder."""
+    from steerchat.engine.core.api import ModelNotAvailable
+    from steerchat.engine.core.paths import get_paths
+    from steerchat.engine.runtime import loading
+
+    gguf = home / "damaged.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 12)  # the signature, then nothing a reader can use
+    cache = get_paths().models_cache
+    in_the_way = cache if where == "cache" else loading._gguf_cache_dir(gguf)
+    in_the_way.parent.mkdir(parents=True, exist_ok=True)
+    in_the_way.write_text("I am a file")
+    with pytest.raises(ModelNotAvailable) as err:
+        loading.convert_gguf(gguf)
+    assert "\n" not in str(err.value) and str(err.value).startswith("Could not convert damaged.gguf")
+    aside = list(in_the_way.parent.glob(in_the_way.name + ".not-a-folder-*"))
+    assert [p.read_text() for p in aside] == ["I am a file"]
+    assert cache.is_dir() and not list(cache.glob("*.partial"))
 
 
 @pytest.mark.parametrize("spec", ["/etc/passwd", "/etc/hostname"])
