@@ -28,6 +28,7 @@ import torch
 from steerchat.engine.core import datasets as ds
 from steerchat.engine.core.api import EngineError
 from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings
+from steerchat.engine.core.jsonl import iter_jsonl
 from steerchat.engine.pipelines.capability import (
     math_prompt,
     mc_prompt,
@@ -186,14 +187,8 @@ class ResultsFile:
         self.meta = meta
         self.records: list[dict] = []
         if self.path.is_file():
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-            for n, line in enumerate(lines, 1):
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    if n == len(lines):  # a line cut short by an interrupt: drop it, it is redone
-                        continue
-                    raise EngineError(f"{self.path}:{n}: not valid JSON") from None
+            # a last line cut short by an interrupt is dropped: that item is redone
+            for _, rec in iter_jsonl(self.path, tolerate_torn_tail=True, error=EngineError):
                 if "meta" in rec:
                     old = {k: rec["meta"].get(k) for k in meta}
                     if old != meta:

@@ -38,6 +38,7 @@ import torch
 from steerchat.engine.core.datasets import load_prompts
 from steerchat.engine.core.featureset import HarmGate
 from steerchat.engine.core.levels import GuidanceMode, SafetyLevel, SafetySettings
+from steerchat.engine.core.jsonl import read_jsonl
 from steerchat.engine.runtime.batch import pad_batch, pad_id
 from steerchat.engine.runtime.layers import run_to_layer
 from steerchat.engine.runtime.steered import SteeredModel
@@ -63,13 +64,7 @@ def _read_prompts(path: Path) -> list[str]:
 
 def read_split(path: Path, split: str) -> list[str]:
     """The prompts of a gate_data JSONL file whose ``split`` field is `split` (no field: fit)."""
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get("split", "fit") == split:
-                out.append(row["prompt"])
-    return out
+    return [row["prompt"] for row in read_jsonl(path, required=("prompt",)) if row.get("split", "fit") == split]
 
 
 def split_shared(prompts: list[str], tag: str, first: str, second: str, fraction: float = 0.5) -> dict[str, list[str]]:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from steerchat.engine.core.api import EngineError
 from steerchat.engine.core.config import TrainConfig
+from steerchat.engine.core.jsonl import iter_jsonl
 from steerchat.engine.pipelines.activations import (
     DOCS,
     CollectConfig,
@@ -251,7 +252,7 @@ def next_token_loss(sae: SAE, loaded, folder: Path, manifest: Manifest, shards: 
             if d not in doc_ids:
                 doc_ids.append(d)
     doc_ids = sorted(doc_ids)[:n_docs]
-    lines = (folder / DOCS).read_text(encoding="utf-8").splitlines()
+    docs = [doc for _, doc in iter_jsonl(folder / DOCS, error=EngineError)]
     tok, model = loaded.tokenizer, loaded.model
     mode = {"how": "clean"}
     mean = sae.b_dec * sae.cfg.activation_scale
@@ -272,7 +273,7 @@ def next_token_loss(sae: SAE, loaded, folder: Path, manifest: Manifest, shards: 
     count = 0
     try:
         for d in doc_ids:
-            text = render(tok, json.loads(lines[d]))
+            text = render(tok, docs[d])
             ids = tok(text, add_special_tokens=False, truncation=True, max_length=max_len, return_tensors="pt")["input_ids"]
             ids = ids.to(loaded.device)
             if ids.shape[1] < 3:
