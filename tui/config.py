@@ -46,6 +46,8 @@ _SAMPLING_TYPES = {
     "max_new_tokens": (int,),
     "seed": (int,),
     "repetition_penalty": (int, float),
+    "top_k": (int,),
+    "loop_guard": (bool,),
 }
 
 
@@ -55,6 +57,7 @@ _SAMPLING_RANGES = {
     "top_p": (lambda v: math.isfinite(v) and 0 < v <= 1, "a number above 0 and at most 1"),
     "max_new_tokens": (lambda v: v >= 1, "a whole number >= 1"),
     "repetition_penalty": (lambda v: math.isfinite(v) and v > 0, "a finite number above 0"),
+    "top_k": (lambda v: v >= 0, "a whole number >= 0 (0: no top-k)"),
 }
 _BAD_LINE = "# steerchat: this line did not parse and is kept as a comment: "
 _MAX_DROPPED = 200
@@ -153,7 +156,9 @@ def load_config(path: Path | None = None) -> tuple[Config, str | None]:
                 types = _SAMPLING_TYPES.get(skey)
                 if types is None:
                     problem(skey, f"unknown sampling setting '{skey}'")
-                elif isinstance(svalue, bool) or not isinstance(svalue, types):
+                elif types == (bool,) and not isinstance(svalue, bool):
+                    problem(skey, f"'{skey}' must be true or false")
+                elif types != (bool,) and (isinstance(svalue, bool) or not isinstance(svalue, types)):
                     problem(skey, f"'{skey}' must be a number")
                 elif skey in _SAMPLING_RANGES and not _SAMPLING_RANGES[skey][0](svalue):
                     problem(skey, f"'{skey}' must be {_SAMPLING_RANGES[skey][1]}, not {svalue!r}")

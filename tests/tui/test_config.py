@@ -74,3 +74,34 @@ def test_invalid_utf8_is_a_warning(tmp_path):
     path.write_bytes(b'theme = "nord"\n# caf\xe9\n')
     config, warning = load_config(path)
     assert config.theme == "nord" and "UTF-8" in warning
+
+
+def test_loop_guard_and_top_k_keys(tmp_path):
+    path = tmp_path / "config.toml"
+    assert Config().sampling.loop_guard is True and Config().sampling.top_k is None
+    path.write_text("[sampling]\nloop_guard = false\ntop_k = 20\n")
+    config, warning = load_config(path)
+    assert warning is None and config.sampling.loop_guard is False and config.sampling.top_k == 20
+    save_config(config, path)
+    assert "loop_guard = false" in path.read_text()
+    assert load_config(path)[0] == config
+
+
+def test_loop_guard_and_top_k_are_validated(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[sampling]\nloop_guard = "no"\ntop_k = -1\nseed = 3\n')
+    config, warning = load_config(path)
+    assert config.sampling.loop_guard is True and config.sampling.top_k is None and config.sampling.seed == 3
+    assert "line 2" in warning and "'loop_guard' must be true or false" in warning
+    assert "line 3" in warning and "'top_k' must be a whole number >= 0" in warning
+    path.write_text("[sampling]\nloop_guard = 1\n")
+    assert "'loop_guard' must be true or false" in load_config(path)[1]
+
+
+def test_unset_sampling_keys_stay_unset(tmp_path):
+    # None means "the model's own": saving leaves them out, so a model's defaults still apply
+    path = tmp_path / "config.toml"
+    save_config(Config(), path)
+    text = path.read_text()
+    assert "temperature" not in text and "top_p" not in text and "top_k" not in text
+    assert load_config(path)[0].sampling.temperature is None
