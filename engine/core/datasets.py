@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator, Union
 
 from steerchat.engine.core.api import DatasetError, EngineError
+from steerchat.engine.core.jsonl import parse_jsonl
 
 __all__ = [
     "BUILTIN_SETS",
@@ -217,16 +218,6 @@ def _json_error(where: _Where, exc: json.JSONDecodeError, line_offset: int = 0) 
     return where.error(exc.lineno + line_offset, f"not valid JSON ({exc.msg})")
 
 
-def _jsonl_records(where: _Where, text: str) -> Iterator[tuple[int, Any]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise where.error(lineno, f"not valid JSON ({exc.msg})") from None
-
-
 _WS = re.compile(r"\s*")
 
 
@@ -274,7 +265,7 @@ def _json_array_records(where: _Where, text: str) -> Iterator[tuple[int, Any]]:
 def _json_records(where: _Where, text: str, kind: str) -> Iterator[tuple[int, Any]]:
     if kind == "json":
         return _json_array_records(where, text)
-    return _jsonl_records(where, text)
+    return parse_jsonl(text, where.name)
 
 
 def _csv_rows(where: _Where, text: str) -> Iterator[tuple[int, list[str]]]:

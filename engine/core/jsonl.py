@@ -27,6 +27,12 @@ def iter_jsonl(path: Path, *, tolerate_torn_tail: bool = False,
         raise error(f"{path.name}: not valid UTF-8 text") from None
     except OSError as exc:
         raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    yield from parse_jsonl(text, path.name, tolerate_torn_tail=tolerate_torn_tail, error=error)
+
+
+def parse_jsonl(text: str, name: str, *, tolerate_torn_tail: bool = False,
+                error: type[EngineError] = DatasetError) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for every non-blank line of JSONL `text`; `name` is the file's, for messages."""
     lines = text.splitlines()
     last = max((i for i, line in enumerate(lines, 1) if line.strip()), default=0)
     for lineno, line in enumerate(lines, 1):
@@ -37,7 +43,7 @@ def iter_jsonl(path: Path, *, tolerate_torn_tail: bool = False,
         except json.JSONDecodeError as exc:
             if tolerate_torn_tail and lineno == last:
                 return
-            raise error(f"{path.name}:{lineno}: not valid JSON ({exc.msg})") from None
+            raise error(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
         yield lineno, value
 
 
