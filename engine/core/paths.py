@@ -6,6 +6,7 @@ Model weights stay in the Hugging Face cache, which `HF_HOME` controls as usual.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,3 +50,12 @@ def get_paths() -> Paths:
         Path(platformdirs.user_data_dir(APP)),
         Path(platformdirs.user_cache_dir(APP)),
     )
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 4 MiB chunks (model weights can be gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

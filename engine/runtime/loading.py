@@ -28,7 +28,7 @@ from steerchat.engine.core.api import (
     ModelNotAvailable,
     ProgressCallback,
 )
-from steerchat.engine.core.paths import get_paths
+from steerchat.engine.core.paths import file_sha256, get_paths
 from steerchat.engine.runtime.gguf_parts import assemble as assemble_parts
 from steerchat.engine.runtime.gguf_parts import is_parts_source
 from steerchat.models import STARTER, ModelEntry, get_entry
@@ -170,14 +170,6 @@ def _is_gguf(path: Path) -> bool:
         return False
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _gguf_cache_dir(gguf: Path, dtype: str = "float32") -> Path:
     stat = gguf.stat()
     # float32 keeps the original key, so existing caches (the starter's) stay valid; another
@@ -223,7 +215,7 @@ def cache_is_valid(folder: Path, full_check: bool = False) -> bool:
             if stat.st_size != info["size"]:
                 return False
             unchanged = info.get("mtime_ns") == stat.st_mtime_ns
-            if (full_check or stat.st_size < FULL_HASH_BELOW or not unchanged) and _sha256(p) != info["sha256"]:
+            if (full_check or stat.st_size < FULL_HASH_BELOW or not unchanged) and file_sha256(p) != info["sha256"]:
                 return False
         if "model.safetensors" not in data["files"]:
             return False
@@ -291,7 +283,7 @@ def convert_gguf(gguf: Path, progress: ProgressCallback | None = None, force: bo
         for p in sorted(tmp.iterdir()):
             if p.is_file():
                 stat = p.stat()
-                files[p.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(p)}
+                files[p.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(p)}
         (tmp / "steerchat-cache.json").write_text(
             json.dumps({"format": CACHE_FORMAT, "source": str(gguf), "files": files}, indent=1)
         )

@@ -16,7 +16,6 @@ hint, say) is dropped and counted, so no hint reaches a training input.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from steerchat.engine.core.datasets import load_pairs
 from steerchat.engine.core.jsonl import read_jsonl, write_jsonl
+from steerchat.engine.core.paths import file_sha256
 from steerchat.engine.core.levels import DEFAULT_LEVELS, GuidanceMode, SafetySettings
 from steerchat.engine.pipelines.align.analyse import analysis_problem
 from steerchat.engine.pipelines.align.generation import Progress, generate_stage
@@ -101,10 +101,6 @@ def training_rows(analyses: list[Analysis], good: list[GoodReply]) -> tuple[list
     return clean, dropped
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def build_dataset(analyses: list[Analysis], good: list[GoodReply], out_dir: Path, *, sources: dict | None = None,
                   seed: int = 0) -> dict:
     """Write `train.jsonl` (shuffled with `seed`) and `manifest.json`; returns the manifest."""
@@ -127,7 +123,7 @@ def build_dataset(analyses: list[Analysis], good: list[GoodReply], out_dir: Path
         "inputs": sources or {},
         "seed": seed,
         "train_file": TRAIN_NAME,
-        "train_sha256": _sha256(train),
+        "train_sha256": file_sha256(train),
     }
     (out_dir / DATASET_MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
