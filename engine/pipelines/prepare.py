@@ -395,7 +395,7 @@ def prepare(cfg: PrepareConfig, say: Callable[[str], None] = print, stop_after: 
         return folder
 
     def run_labels() -> dict:
-        labels, _ = label_features(sae, work / "activations", loaded.tokenizer, top=min(1000, sae.d_sae),
+        labels, _ = label_features(sae, work / "activations", loaded.tokenizer, top=None,
                                    progress=progress)
         fs = FeatureSet.load(folder / "features.json")
         fs.labels = labels

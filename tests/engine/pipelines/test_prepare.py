@@ -74,6 +74,7 @@ def test_prepare_from_nothing_to_a_steered_chat_turn_and_resume_at_every_stage(t
     assert [s for s in STAGES if state["stages"][s]["status"] == "done"] == list(STAGES)
     assert any(line.startswith("[4/7] features") for line in lines)
     reference = result(folder)
+    assert sorted(map(int, reference["labels"])) == list(range(128))  # every feature of the SAE is named
 
     # the chat finds it by name, like a shipped model, and steers
     entry = get_entry("tiny-phi3")
