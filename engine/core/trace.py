@@ -100,6 +100,7 @@ class TurnTrace:
     hook_layer: int | None = None
     stopped: bool = False  # cancelled by the user before the model finished
     error: str | None = None  # the reply broke off with this error
+    loop_stopped: bool = False  # the loop guard ended the reply: it was repeating itself
     level_changes: list[tuple[int, str]] = field(default_factory=list)  # (reply token index, level)
     tokens: list[TokenFeatures] = field(default_factory=list)
     prompt_features: list[FeatureStat] = field(default_factory=list)

@@ -19,6 +19,7 @@ from steerchat.engine.core.levels import SafetySettings
 from transformers import StoppingCriteria, StoppingCriteriaList
 from steerchat.engine.core.trace import Verdict
 from steerchat.engine.runtime.judge import is_explicit_decline, judge_refusal, opening_log_odds
+from steerchat.engine.runtime.loopguard import LoopGuard, end_ids
 from steerchat.engine.runtime.steered import History, SteeredModel
 
 
@@ -121,6 +122,8 @@ class BatchReply:
     verdict: Verdict
     gate_score: float | None = None
     gate_open: bool | None = None
+    tokens: int = 0  # reply tokens generated (max_new_tokens: it ran to the limit)
+    loop_stopped: bool = False  # the loop guard ended it
 
 
 def generate_batch(
@@ -134,22 +137,26 @@ def generate_batch(
     histories: list[History] | None = None,
     stop_on_refusal: bool = False,
     no_repeat_ngram: int | None = None,
+    loop_guard: bool = False,
 ) -> list[BatchReply]:
     """Greedy replies to `prompts` (each a fresh turn after `history`) under `settings`.
+
+    `loop_guard` ends any row (steered or not) caught repeating itself, as the chat does
+    (`engine.runtime.loopguard`); off by default, so evaluation numbers stay comparable.
 
     `histories`, when given, holds one conversation per prompt (multi-turn evaluation
     batches rows that each carry their own earlier turns); it overrides `history`.
     """
     if histories is not None and len(histories) != len(prompts):
         raise ValueError(f"{len(histories)} histories for {len(prompts)} prompts")
-    rows = [list(h) for h in histories] if histories is not None else [list(history or [])] * len(prompts)
+    convs = [list(h) for h in histories] if histories is not None else [list(history or [])] * len(prompts)
     tok, model = steered.loaded.tokenizer, steered.loaded.model
     control = steered.control_for(settings)
     pad = pad_id(tok)
     out: list[BatchReply] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        preps = [steered.prepare(list(h), p, settings) for h, p in zip(rows[start : start + batch_size], chunk)]
+        preps = [steered.prepare(list(h), p, settings) for h, p in zip(convs[start : start + batch_size], chunk)]
         batch = pad_batch([p.input_ids[0] for p in preps], pad, "left", steered.loaded.device,
                           masks=[[p.user_mask[0] for p in preps]])
         first_logits: list[torch.Tensor] = []
@@ -166,24 +173,33 @@ def generate_batch(
             return h.steered_rows if h is not None else None
 
         processors = [keep_first] + ([SteeredNoRepeat(no_repeat_ngram, rows)] if no_repeat_ngram else [])
+        width = batch.input_ids.shape[1]
+        ends = end_ids(tok, pad, model)
+        stops = StoppingCriteriaList([RefusalStop(tok, width, rows=rows)] if stop_on_refusal else [])
+        guard = LoopGuard(width, ends) if loop_guard else None
+        if guard is not None:
+            stops.append(guard)
         with torch.inference_mode(), steered.steering(control, batch.masks[0], record=False) as hook:
             box["hook"] = hook
             gen = model.generate(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
                 do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad,
-                logits_processor=processors,
-                **({"stopping_criteria": StoppingCriteriaList([RefusalStop(tok, batch.input_ids.shape[1], rows=rows)])}
-                   if stop_on_refusal else {}),
+                logits_processor=processors, **({"stopping_criteria": stops} if len(stops) else {}),
             )
-        width = batch.input_ids.shape[1]
         replies = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+        ended = torch.isin(gen[:, width:], torch.tensor(ends, device=gen.device))
         done = []
         for row, (prompt, reply) in enumerate(zip(chunk, replies)):
             lo = opening_log_odds(first_logits[0][row], tok) if first_logits else None
             gate_score = gate_open = None
             if hook is not None and hook.gate_scores is not None:
                 gate_score, gate_open = float(hook.gate_scores[row]), bool(hook.gate_open[row])
-            done.append(BatchReply(prompt, reply.strip(), judge_refusal(reply, lo), gate_score, gate_open))
+            kept = (~ended[row]).nonzero()  # the reply without the end of sequence and padding after it
+            n_tokens = int(kept[-1]) + 1 if len(kept) else 0
+            if guard is not None and row in guard.stopped:
+                n_tokens = guard.stopped[row]
+            done.append(BatchReply(prompt, reply.strip(), judge_refusal(reply, lo), gate_score, gate_open,
+                                   tokens=n_tokens, loop_stopped=guard is not None and row in guard.stopped))
         out.extend(done)
         if on_batch is not None:
             on_batch(done)

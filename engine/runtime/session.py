@@ -18,11 +18,14 @@ from steerchat.engine.core.api import (
     ProgressCallback,
     SamplingSettings,
     TokenCallback,
+    model_sampling_defaults,
+    resolve_sampling,
 )
 from steerchat.engine.core.levels import SafetySettings
 from steerchat.engine.core.trace import TurnTrace
 from steerchat.engine.runtime.batch import STEERED_NO_REPEAT_NGRAM, RefusalStop, SteeredNoRepeat
 from steerchat.engine.runtime.judge import judge_refusal, opening_log_odds
+from steerchat.engine.runtime.loopguard import LoopGuard, end_ids
 from steerchat.engine.runtime.steered import History, SteeredModel, open_steered
 from steerchat.engine.runtime.steering import ClampRequest
 from steerchat.engine.runtime.tracebuild import build_trace_features
@@ -100,7 +103,9 @@ class Session:
         self.levels = steered.levels
         self.settings = SafetySettings(level=self.levels.get(level) if level else self.levels.levels[0])
         self.system_prompt = system_prompt
-        self.sampling = sampling or SamplingSettings()
+        self.sampling = sampling or SamplingSettings()  # the user's; None fields: the model's own
+        # what the model's own generation config asks for, read once (a GGUF starter's: nothing)
+        self.model_sampling = model_sampling_defaults(getattr(steered.loaded.model, "generation_config", None))
         self.history: History = []
         self._busy = threading.Lock()
 
@@ -138,6 +143,11 @@ class Session:
     def clear(self) -> None:
         self.history = []
 
+    def decoding(self) -> SamplingSettings:
+        """The sampling the next turn uses: the user's settings over the model's own over
+        steerchat's (greedy)."""
+        return resolve_sampling(self.sampling, self.model_sampling)
+
     # ---- one generation ----
 
     def _run(self, history: list[tuple[str, str]], user_text: str, get_settings: Callable[[], SafetySettings],
@@ -153,8 +163,9 @@ class Session:
         steered = self.steered
         start_settings = get_settings()
         # refused at once when it cannot fit the context with room for the reply
+        sp = self.decoding()
         prepared = steered.prepare(history, user_text, start_settings, self.system_prompt,
-                                   reserve=self.sampling.max_new_tokens)
+                                   reserve=sp.max_new_tokens)
         tok, model = steered.loaded.tokenizer, steered.loaded.model
         level_changes: list[tuple[int, str]] = []
         step = {"n": 0, "level": start_settings.level.name}
@@ -169,7 +180,6 @@ class Session:
 
         streamer = _Streamer(tok, on_token)
         first = _FirstLogits()
-        sp = self.sampling
         gen_kwargs = dict(
             input_ids=prepared.input_ids, attention_mask=torch.ones_like(prepared.input_ids),
             max_new_tokens=sp.max_new_tokens, streamer=streamer, pad_token_id=tok.pad_token_id,
@@ -185,10 +195,14 @@ class Session:
 
             gen_kwargs["stopping_criteria"].append(RefusalStop(tok, prepared.input_ids.shape[1], rows=rows))
             gen_kwargs["logits_processor"].append(SteeredNoRepeat(STEERED_NO_REPEAT_NGRAM, rows))
+        # every reply, steered or not, ends once it is caught repeating itself (unless turned off)
+        guard = LoopGuard(prepared.input_ids.shape[1], end_ids(tok, tok.pad_token_id, model)) if sp.loop_guard else None
+        if guard is not None:
+            gen_kwargs["stopping_criteria"].append(guard)
         if sp.greedy:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
-            gen_kwargs.update(do_sample=True, temperature=sp.temperature, top_p=sp.top_p, top_k=None)
+            gen_kwargs.update(do_sample=True, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k or None)
             if sp.seed is not None:
                 torch.manual_seed(sp.seed)
 
@@ -215,6 +229,7 @@ class Session:
             hook_layer=hook.layer if hook else None,
             stopped=bool(cancel is not None and cancel.is_set()), error=error,
             level_changes=level_changes, verdict=judge_refusal(reply, lo), seed=sp.seed,
+            loop_stopped=guard is not None and bool(guard.stopped),
         )
         if hook is not None and hook.records:
             build_trace_features(
