@@ -19,8 +19,12 @@ def register(sub) -> None:
     add_chat_arguments(p, sub=True)
     p.add_argument("--json", action="store_true", help="print the turn's full trace as JSON instead of the reply")
     p.add_argument("--max-tokens", type=positive_int, default=None, help="most tokens to generate (default from config, 256)")
-    p.add_argument("--temperature", type=nonneg_float, default=None, help="0 for greedy (default from config)")
+    p.add_argument("--temperature", type=nonneg_float, default=None,
+                   help="0 for greedy (default from config, else the model's own, else greedy)")
     p.add_argument("--seed", type=seed, default=None, help="sampling seed (0 to 2**32-1)")
+    p.add_argument("--no-loop-guard", dest="loop_guard", action="store_false", default=None,
+                   help="let a reply that repeats itself run on to the token limit (the loop guard, on by "
+                   "default, ends it; config: loop_guard under [sampling])")
     p.add_argument("--raw", action="store_true",
                    help="print the reply exactly as generated, control characters included (the default on a "
                    "terminal shows them visibly, e.g. ESC as ␛)")
@@ -45,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         sampling.temperature = args.temperature
     if args.seed is not None:
         sampling.seed = args.seed
+    if args.loop_guard is not None:
+        sampling.loop_guard = args.loop_guard
 
     from steerchat.engine.core.api import EngineError
     from steerchat.engine.core.levels import LevelError

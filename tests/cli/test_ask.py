@@ -39,3 +39,37 @@ def test_ask_errors_are_one_line(tiny_model_dir, capsys):
     assert "unknown safety level 'Extreme'" in capsys.readouterr().err
     assert main(["ask", "hi", "--model", str(tiny_model_dir), "--sae", str(tiny_model_dir)]) == 1
     assert "cfg.json: missing" in capsys.readouterr().err
+
+
+def test_ask_no_loop_guard_flag(monkeypatch, tmp_path, capsys):
+    import steerchat.engine.runtime.session as session_module
+    from tests.tui.fake_engine import FakeEngine
+
+    monkeypatch.setenv("STEERCHAT_HOME", str(tmp_path / "home"))
+    engine = FakeEngine()
+    looping = "Sure. " + "I like it. " * 20
+
+    def open_session(*args, **kw):
+        kw.pop("device", None), kw.pop("dtype", None)
+        session = engine.open_session(*args, **kw)
+        session.replies["tell me"] = looping
+        return session
+
+    monkeypatch.setattr(session_module, "open_session", open_session)
+    assert main(["ask", "tell me", "--json"]) == 0
+    trace = json.loads(capsys.readouterr().out)
+    assert engine.sessions[-1].sampling.loop_guard is True
+    assert trace["loop_stopped"] is True and trace["reply"] == "Sure. " + "I like it. " * 7 + "I like it."
+    assert main(["ask", "tell me", "--json", "--no-loop-guard"]) == 0
+    trace = json.loads(capsys.readouterr().out)
+    assert engine.sessions[-1].sampling.loop_guard is False
+    assert trace["loop_stopped"] is False and trace["reply"] == looping
+    assert "--no-loop-guard" in main_help(capsys)
+
+
+def main_help(capsys) -> str:
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["ask", "--help"])
+    return capsys.readouterr().out

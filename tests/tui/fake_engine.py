@@ -4,7 +4,8 @@ It streams canned replies word by word with a small delay, checks `cancel` and r
 `settings` before every token (recording the level each token was made under), and
 returns TurnTraces shaped like the real ones: prompt/reply features with labels, token
 features for heat maps, refusal features with natural activation and clamp target, a
-judge verdict and a gate decision. `FakeEngine.open_session` mimics the loader: it
+judge verdict and a gate decision. A reply caught repeating itself ends as the loop guard
+ends a real one (`engine.core.loops`), unless `sampling.loop_guard` is off. `FakeEngine.open_session` mimics the loader: it
 reports download/convert/quantise progress and raises ModelNotAvailable for models it
 is told are missing.
 """
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from steerchat.engine.core.api import LoadProgress, ModelNotAvailable, SamplingSettings
+from steerchat.engine.core.loops import repeating_span
 from steerchat.engine.core.levels import GuidanceMode, LevelScale, SafetySettings, guidance_text
 from steerchat.engine.core.trace import (
     FeatureStat,
@@ -81,7 +83,7 @@ class FakeSession:
         written: list[str] = []
         used: list[str] = []
         changes: list[tuple[int, str]] = []
-        stopped, error = False, None
+        stopped, error, looped = False, None, False
         for i, piece in enumerate(pieces):
             if self.hold_at is not None and i == self.hold_at:
                 self.reached.set()
@@ -100,9 +102,15 @@ class FakeSession:
             if on_token:
                 on_token(piece)
             time.sleep(self.delay)
+            # the loop guard, as the real engine applies it (one word is one token here)
+            if self.sampling.loop_guard and repeating_span(written) is not None:
+                looped = True
+                break
         self.token_levels.append(used)
         reply = "".join(written)
-        return self._trace(prompt, reply, first, changes, stopped, error, time.perf_counter() - start)
+        trace = self._trace(prompt, reply, first, changes, stopped, error, time.perf_counter() - start)
+        trace.loop_stopped = looped
+        return trace
 
     def _trace(self, prompt, reply, settings, changes, stopped, error, total) -> TurnTrace:
         level = settings.level

@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static, TextArea
 
 
 class SettingsScreen(ModalScreen[Config | None]):
@@ -52,13 +52,18 @@ class SettingsScreen(ModalScreen[Config | None]):
             options = [(name, name) for name in self.level_names]
             yield Select(options, value=cfg.level if cfg.level in self.level_names else Select.NULL,
                          id="level", allow_blank=True, prompt="the model's default")
-            yield Label("Sampling: temperature (0 = greedy) · top-p · max new tokens · seed")
+            yield Label("Sampling: temperature (0 = greedy) · top-p · top-k · max new tokens · seed "
+                        "(empty: the model's own)")
             with Horizontal():
-                yield Input(str(sampling.temperature), type="number", id="temperature")
-                yield Input(str(sampling.top_p), type="number", id="top_p")
+                for key in ("temperature", "top_p", "top_k"):
+                    value = getattr(sampling, key)
+                    yield Input("" if value is None else str(value), type="integer" if key == "top_k" else "number",
+                                id=key, placeholder="model's")
                 yield Input(str(sampling.max_new_tokens), type="integer", id="max_new_tokens")
                 yield Input("" if sampling.seed is None else str(sampling.seed), type="integer", id="seed",
                             placeholder="random")
+            yield Checkbox("Loop guard: end a reply that keeps repeating itself", sampling.loop_guard,
+                           id="loop_guard")
             yield Label("Model and SAE (apply at the next start)")
             with Horizontal():
                 yield Input(cfg.model, id="model")
@@ -74,20 +79,27 @@ class SettingsScreen(ModalScreen[Config | None]):
 
     def read(self) -> Config:
         """The form as a Config; raises ValueError naming the field that is wrong."""
+        def number(wid: str, kind=float):  # empty: None, the model's own
+            return kind(self._value(wid)) if self._value(wid) else None
+
         try:
             sampling = SamplingSettings(
-                temperature=float(self._value("temperature") or 0),
-                top_p=float(self._value("top_p") or 1),
+                temperature=number("temperature"),
+                top_p=number("top_p"),
+                top_k=number("top_k", int),
                 max_new_tokens=int(self._value("max_new_tokens") or 256),
-                seed=int(self._value("seed")) if self._value("seed") else None,
+                seed=number("seed", int),
                 repetition_penalty=self.config.sampling.repetition_penalty,
+                loop_guard=self.query_one("#loop_guard", Checkbox).value,
             )
         except ValueError as exc:
             raise ValueError(f"A sampling value is not a number ({exc}).") from exc
-        if not 0 < sampling.top_p <= 1:
+        if sampling.top_p is not None and not 0 < sampling.top_p <= 1:
             raise ValueError("Top-p must be above 0 and at most 1.")
-        if sampling.temperature < 0 or sampling.max_new_tokens < 1:
+        if (sampling.temperature is not None and sampling.temperature < 0) or sampling.max_new_tokens < 1:
             raise ValueError("Temperature must be 0 or more and max new tokens at least 1.")
+        if sampling.top_k is not None and sampling.top_k < 0:
+            raise ValueError("Top-k must be 0 (none) or more.")
         if not self._value("model"):
             raise ValueError("The model name cannot be empty.")
         level = self.query_one("#level", Select).value

@@ -7,6 +7,7 @@ through Markdown after `sanitize`, so neither markup nor escape sequences take e
 from __future__ import annotations
 
 from rich.text import Text
+from steerchat.engine.core.loops import LOOP_GUARD_MESSAGE
 from steerchat.engine.core.trace import TurnTrace
 from steerchat.tui.sanitize import sanitize
 from textual import events
@@ -64,12 +65,14 @@ def _count(n: int, word: str) -> str:
 
 
 def timing_line(trace: TurnTrace | None) -> str:
-    """The reply's speed and size: first token, tokens/s, reply tokens, prompt against the context."""
+    """The reply's footer: first token, tokens/s, reply tokens, prompt against the context, and
+    why the reply ended early when the loop guard ended it."""
     if trace is None:
         return ""
+    guard = [LOOP_GUARD_MESSAGE] if getattr(trace, "loop_stopped", False) else []
     t = trace.timings
     if not (t.first_token_s or t.tokens_per_s or t.reply_tokens or t.prompt_tokens):
-        return ""
+        return " · ".join(guard)
     parts = ([f"first token {t.first_token_s:.2f} s"] if t.first_token_s > 0 else []) + (
         [f"{t.tokens_per_s:.1f} tok/s"] if t.tokens_per_s > 0 else []) + [_count(t.reply_tokens, "token")]
     context = getattr(t, "context_tokens", 0)
@@ -77,7 +80,7 @@ def timing_line(trace: TurnTrace | None) -> str:
         parts.append(f"prompt {t.prompt_tokens:,}/{context:,} tokens ({100 * t.prompt_tokens / context:.0f}%)")
     else:
         parts.append(f"prompt {_count(t.prompt_tokens, 'token')}")
-    return " · ".join(parts)
+    return " · ".join(parts + guard)
 
 
 class MessageActions(Message):
