@@ -2,7 +2,7 @@
 
 It acts on every row, steered or not (unlike `batch.RefusalStop` and `batch.SteeredNoRepeat`,
 which act only while the hook clamps), so a reply that would otherwise repeat one sentence
-until the token limit ends at its third repeat. The rule is `engine.core.loops`'s.
+until the token limit ends at its third repeat. The rules are `engine.core.loops`'s.
 """
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-from steerchat.engine.core.loops import LOOP_MAX_SPAN, LOOP_MIN_TOKENS, LOOP_REPEATS, repeats_needed
+from steerchat.engine.core.loops import (
+    LOOP_MAX_SPAN,
+    LOOP_MIN_TOKENS,
+    LOOP_REPEATS,
+    LOOP_STRETCH,
+    repeats_needed,
+)
 from transformers import StoppingCriteria
 
 
@@ -21,9 +27,10 @@ class LoopGuard(StoppingCriteria):
     row the guard ended to its reply length."""
 
     def __init__(self, width: int, end_ids: Iterable[int] = (), repeats: int = LOOP_REPEATS,
-                 min_tokens: int = LOOP_MIN_TOKENS, max_span: int = LOOP_MAX_SPAN):
+                 min_tokens: int = LOOP_MIN_TOKENS, max_span: int = LOOP_MAX_SPAN, stretch: int = LOOP_STRETCH):
         super().__init__()
         self.width, self.repeats, self.min_tokens, self.max_span = width, repeats, min_tokens, max_span
+        self.stretch = stretch
         self.end_ids = sorted({int(i) for i in end_ids if i is not None})
         self.stopped: dict[int, int] = {}
 
@@ -37,6 +44,15 @@ class LoopGuard(StoppingCriteria):
                 continue
             tail = gen[:, n - k * span:].reshape(rows, k, span)
             done |= (tail == tail[:, -1:, :]).all(dim=2).all(dim=1)
+        if n >= self.repeats * self.stretch:  # the last `stretch` tokens said again and again, apart
+            windows = gen.unfold(1, self.stretch, 1)  # (rows, n - stretch + 1, stretch)
+            hits = (windows == windows[:, -1:, :]).all(dim=2)
+            for row in (hits.sum(dim=1) >= self.repeats).nonzero().reshape(-1).tolist():
+                count, bound = 0, n
+                for start in reversed(hits[row].nonzero().reshape(-1).tolist()):
+                    if start <= bound - self.stretch:
+                        count, bound = count + 1, start
+                done[row] |= count >= self.repeats
         if not bool(done.any()):
             return done
         if self.end_ids:  # a finished row only grows padding: its newest token is an end id

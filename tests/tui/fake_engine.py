@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from steerchat.engine.core.api import LoadProgress, ModelNotAvailable, SamplingSettings
-from steerchat.engine.core.loops import repeating_span
+from steerchat.engine.core.loops import caught_in_loop
 from steerchat.engine.core.levels import GuidanceMode, LevelScale, SafetySettings, guidance_text
 from steerchat.engine.core.trace import (
     FeatureStat,
@@ -103,7 +103,7 @@ class FakeSession:
                 on_token(piece)
             time.sleep(self.delay)
             # the loop guard, as the real engine applies it (one word is one token here)
-            if self.sampling.loop_guard and repeating_span(written) is not None:
+            if self.sampling.loop_guard and caught_in_loop(written):
                 looped = True
                 break
         self.token_levels.append(used)

@@ -10,7 +10,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor
 
 from steerchat.engine.core.api import SamplingSettings, model_sampling_defaults, resolve_sampling
-from steerchat.engine.core.loops import repeating_span
+from steerchat.engine.core.loops import caught_in_loop, recurring_stretch, repeating_span
 from steerchat.engine.runtime.loopguard import LoopGuard
 
 PROMPT = [1, 2, 3, 4, 5]
@@ -59,15 +59,28 @@ def test_rows_of_a_batch_stop_on_their_own():
     assert guard.stopped == {0: 28, 2: 44}
 
 
+def test_a_sentence_that_keeps_coming_back_stops_at_its_third_time():
+    sentence = list(range(30, 40))  # ten tokens, said again with other text between
+    reply = OPENING + sentence + [50, 51, 52] + sentence + [60, 61] + sentence + [70] * 5
+    third_end = len(OPENING) + 10 + 3 + 10 + 2 + 10
+    guard = LoopGuard(width=len(PROMPT))
+    assert _first_stop(guard, [reply]) == [third_end]
+    assert recurring_stretch(reply[:third_end]) and not recurring_stretch(reply[:third_end - 1])
+    # twice is not a loop, nor three times overlapping (one token 12 times is not 3 apart 10-token stretches)
+    assert _first_stop(LoopGuard(width=len(PROMPT)), [OPENING + sentence + [50] + sentence + [60] * 2]) == [None]
+    assert not recurring_stretch([7] * 29) and recurring_stretch([7] * 30)
+
+
 def test_tensor_guard_agrees_with_the_reference():
     rng = random.Random(2)
-    for _ in range(200):
-        span = [rng.randrange(3) for _ in range(rng.randrange(1, 5))]
-        seq = [rng.randrange(3) for _ in range(rng.randrange(0, 20))] + span * rng.randrange(0, 30)
+    for _ in range(300):
+        span = [rng.randrange(3) for _ in range(rng.randrange(1, 13))]
+        seq = [rng.randrange(3) for _ in range(rng.randrange(0, 20))] + span * rng.randrange(0, 8)
+        seq += [rng.randrange(2) for _ in range(rng.randrange(0, 40))]
         if not seq:
             continue
         got = bool(LoopGuard(width=0)(torch.tensor([seq]), None)[0])
-        assert got == (repeating_span(seq) is not None), seq
+        assert got == caught_in_loop(seq), seq
 
 
 # ---- sampling defaults: the user's, else the model's own, else steerchat's (greedy) ----
