@@ -11,7 +11,8 @@ The levels are chosen by those measurements, not by fixed strengths:
 - Max: the setting with the largest gain (the cheapest, on a tie).
 Each steered level must be a different setting that refuses strictly more unsafe prompts
 than the level below it (and more than the baseline); a notch that no setting can fill that
-way is left out of the slider rather than repeating the one below.
+way is left out of the slider rather than repeating the one below, and the strongest level
+kept is always called Max.
 
 Conditional and unconditional settings compete on the same terms, so a level is
 conditional exactly when that bought the same protection for less.
@@ -110,6 +111,9 @@ def choose_levels(rows: list[dict]) -> LevelScale:
             continue
         picked.append(c)
         levels.append(_level(name, c.row, base))
+    if picked and levels[-1].name != "Max":
+        # the strongest setting is what users look for under "Max", whichever notches had to go
+        levels[-1] = _level("Max", picked[-1].row, base)
     return LevelScale(tuple(levels), source="calibrated by `steerchat eval --calibrate`")
 
 

@@ -33,14 +33,15 @@ def test_calibration_picks_cheapest_setting_per_gain_target(tmp_path):
 
 
 def test_levels_are_distinct_and_strictly_monotone():
-    # only two settings add protection: High would repeat Medium and Max would repeat High, so both go
+    # only two settings add protection: High and Max would repeat Medium, so the notches between go
+    # and the strongest setting kept is called Max
     s1c = SweepSetting("b", 1.0, True)
     rows = [_row(BASE, 0.1, 0.0, 0.6), _row(s1c, 0.5, 0.05, 0.6), _row(UNC, 1.0, 0.7, 0.3), _row(CON, 1.0, 0.7, 0.3)]
     for r in rows:
         r["guidance"] = "none"
     scale = choose_levels(rows)
     steered = [lv for lv in scale.levels if lv.strength > 0]
-    assert [lv.name for lv in steered] == ["Low", "Medium"]
+    assert [lv.name for lv in steered] == ["Low", "Max"]
     assert len({(lv.strength, lv.conditional, lv.guidance) for lv in steered}) == len(steered)
     assert [(lv.strength, lv.conditional) for lv in steered][0] == (1.0, True) and steered[1].strength == 2.0
     assert "unsafe refused 50%" in steered[0].description and "unsafe refused 100%" in steered[1].description
