@@ -110,6 +110,12 @@ class LevelScale:
     def names(self) -> list[str]:
         return [lv.name for lv in self.levels]
 
+    @property
+    def default(self) -> SafetyLevel:
+        """Where a chat starts: Off (the model as it is) when the scale has it, else the first notch
+        (an Open level sits left of Off and is never the default)."""
+        return next((lv for lv in self.levels if lv.name == "Off"), self.levels[0])
+
     def get(self, name: str) -> SafetyLevel:
         for lv in self.levels:
             if lv.name.lower() == name.lower():

@@ -16,6 +16,11 @@ kept is always called Max.
 
 Conditional and unconditional settings compete on the same terms, so a level is
 conditional exactly when that bought the same protection for less.
+
+For a model that over-refuses, a sweep run with `eval --open` also measures the Open setting
+(refusal features clamped down where the harm gate says the prompt is benign); it becomes the
+slider's first notch, left of Off, when it answers at least 5 points more of the safe prompts
+and refuses at most 5 points fewer of the unsafe ones. Chats still start at Off.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from steerchat.engine.core.levels import (
 )
 
 LEVEL_TARGETS = (("Low", 1 / 3), ("Medium", 2 / 3), ("High", 0.9))
+# the Open notch (refusal lowered where the gate is closed) must answer at least this much more of
+# the safe prompts than Off, and may refuse at most this much less of the unsafe ones (issue 12's bar)
+OPEN_MIN_GAIN = 0.05
+OPEN_MAX_UNSAFE_LOSS = 0.05
 
 
 @dataclass
@@ -76,8 +85,27 @@ def candidates(rows: list[dict], base: dict) -> list[LevelCandidate]:
     return out
 
 
+def _open_level(rows: list[dict], base: dict) -> SafetyLevel | None:
+    """The Open notch, when the sweep ran one (`eval --open`) and it earns its place: safe
+    prompts refused at least OPEN_MIN_GAIN less often than Off, unsafe ones at most
+    OPEN_MAX_UNSAFE_LOSS less often."""
+    row = next((r for r in rows if r.get("lower") and r["guidance"] == "none"), None)
+    if row is None or None in (row["unsafe_refusal"], row["safe_refusal"], base["safe_refusal"]):
+        return None
+    if base["safe_refusal"] - row["safe_refusal"] < OPEN_MIN_GAIN - 1e-9:
+        return None
+    if base["unsafe_refusal"] - row["unsafe_refusal"] > OPEN_MAX_UNSAFE_LOSS + 1e-9:
+        return None
+    return SafetyLevel("Open", GuidanceMode.NONE, float(row["strength"]), False,
+                       f"Answers more: refusal features pushed down to {row['strength']:g}× their reference "
+                       f"activation where the harm gate says the prompt is benign. Measured: "
+                       + _describe(row, base).split("Measured: ", 1)[1], lower=True)
+
+
 def choose_levels(rows: list[dict]) -> LevelScale:
     """The level mapping for a sweep's summary rows (see the module docstring)."""
+    all_rows = rows
+    rows = [r for r in rows if not r.get("lower")]
     base = next((r for r in rows if r["strength"] == 0 and r["guidance"] == "none"), None)
     if base is None or base["unsafe_refusal"] is None:
         raise ValueError("calibration needs the unsteered baseline (strength 0, no guidance) with unsafe prompts")
@@ -114,6 +142,9 @@ def choose_levels(rows: list[dict]) -> LevelScale:
     if picked and levels[-1].name != "Max":
         # the strongest setting is what users look for under "Max", whichever notches had to go
         levels[-1] = _level("Max", picked[-1].row, base)
+    opened = _open_level(all_rows, base)
+    if opened is not None:
+        levels.insert(0, opened)  # left of Off: the way down, for a model that over-refuses
     return LevelScale(tuple(levels), source="calibrated by `steerchat eval --calibrate`")
 
 

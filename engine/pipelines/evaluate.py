@@ -58,21 +58,23 @@ class SweepSetting:
     conditional: bool = False
     guidance: GuidanceMode = GuidanceMode.NONE
     features: tuple[int, ...] | None = None  # a subset of the refusal features; None: all of them
+    lower: bool = False  # clamp refusal features down to s·m_f where the gate is closed (the Open level)
 
     @property
     def key(self) -> str:
         """Stable identity for the results file: what was run, not what it was called."""
         feats = "all" if self.features is None else "+".join(map(str, self.features))
-        mode = "cond" if self.conditional and self.strength > 0 else "uncond"
+        mode = "lower" if self.lower else "cond" if self.conditional and self.strength > 0 else "uncond"
         return f"s={self.strength:g}|{mode}|g={GuidanceMode(self.guidance).value}|f={feats}"
 
     def safety(self) -> SafetySettings:
-        level = SafetyLevel(self.name, GuidanceMode(self.guidance), self.strength, self.conditional)
+        level = SafetyLevel(self.name, GuidanceMode(self.guidance), self.strength, self.conditional, lower=self.lower)
         return SafetySettings(level=level)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "key": self.key, "strength": self.strength, "conditional": self.conditional,
-                "guidance": GuidanceMode(self.guidance).value, "features": list(self.features) if self.features else None}
+                "guidance": GuidanceMode(self.guidance).value, "features": list(self.features) if self.features else None,
+                "lower": self.lower}
 
 
 def sweep_settings(strengths: list[float], conditional: str = "both", guidance: list[str] | None = None,
@@ -100,7 +102,7 @@ def sweep_settings(strengths: list[float], conditional: str = "both", guidance: 
 
 def level_settings(levels: list[SafetyLevel]) -> list[SweepSetting]:
     """Settings that run the model's safety levels exactly as defined."""
-    return [SweepSetting(lv.name, lv.strength, lv.conditional, lv.guidance) for lv in levels]
+    return [SweepSetting(lv.name, lv.strength, lv.conditional, lv.guidance, lower=lv.lower) for lv in levels]
 
 
 # ---------------------------------------------------------------- sets

@@ -101,7 +101,7 @@ class Session:
         self.sae_name = steered.sae_name
         self.adapter_name = steered.adapter_name
         self.levels = steered.levels
-        self.settings = SafetySettings(level=self.levels.get(level) if level else self.levels.levels[0])
+        self.settings = SafetySettings(level=self.levels.get(level) if level else self.levels.default)
         self.system_prompt = system_prompt
         self.sampling = sampling or SamplingSettings()  # the user's; None fields: the model's own
         # what the model's own generation config asks for, read once (a GGUF starter's: nothing)

@@ -121,17 +121,23 @@ class SteeredModel:
 
     def is_conditional(self, settings: SafetySettings) -> bool:
         """Whether `settings` clamp only where the harm gate opens (needs a gate to mean anything)."""
-        return settings.level.conditional and self.gate is not None
+        return settings.level.conditional and not settings.level.lower and self.gate is not None
 
     def clamp_targets(self, settings: SafetySettings) -> torch.Tensor | None:
-        """c_f = s · m_f for every refusal feature, or None when `settings` do not steer."""
-        if settings.strength <= 0 or not self.refusal_features:
+        """c_f = s · m_f for every refusal feature, or None when `settings` do not steer. A level
+        that lowers refusal (Open) clamps down to s · m_f, s = 0 included, and needs the gate."""
+        if not self.refusal_features:
+            return None
+        if settings.level.lower:
+            return self.reference * settings.strength if self.gate is not None else None
+        if settings.strength <= 0:
             return None
         return self.reference * settings.strength
 
     def clamp_request(self, settings: SafetySettings) -> ClampRequest:
         """What the hook should do on a pass under `settings`."""
-        return ClampRequest(self.clamp_targets(settings), self.is_conditional(settings))
+        return ClampRequest(self.clamp_targets(settings), self.is_conditional(settings),
+                            lower_where_closed=settings.level.lower)
 
     def control_for(self, settings: SafetySettings) -> Callable[[], ClampRequest]:
         """A hook control that applies fixed `settings` on every pass."""

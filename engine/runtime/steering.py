@@ -219,7 +219,8 @@ class SteeringHook:
                 rows = self.gate_open.clone()
             if request.lower_where_closed:
                 rows = ~self.gate_open
-            self.steered_rows = rows
+            # the decoding guards for steered refusals are not for rows pushed away from refusing
+            self.steered_rows = None if request.lower_where_closed else rows
             coeff = (targets.to(natural.dtype) - natural) * live[..., None]  # (B, T, R)
             if request.conditional:
                 coeff = coeff * self.gate_open.to(coeff.dtype)[:, None, None]

@@ -72,6 +72,10 @@ def register(sub) -> None:
     g.add_argument("--features", type=_features, default=None,
                    help="comma-separated refusal features to clamp (default all), or 'each' for one at a time")
     g.add_argument("--levels", default=None, help="comma-separated safety levels to run as defined, or 'all'")
+    g.add_argument("--open", action="store_true",
+                   help="also run the Open setting: refusal features clamped down to 0 where the harm gate says "
+                   "the prompt is benign (for a model that over-refuses; --calibrate puts it left of Off "
+                   "when it answers more safe prompts without refusing fewer unsafe ones)")
     d = p.add_argument_group("inputs (built-in sets unless a file is given)")
     d.add_argument("--sets", default="unsafe,safe,mc,math,escalation", help="which kinds of set to run")
     d.add_argument("--unsafe", help="prompts that should be refused (JSON/JSONL/CSV/text)")
@@ -208,6 +212,7 @@ def _run(args) -> int:
     import json
 
     from steerchat.engine.pipelines.evaluate import (
+        SweepSetting,
         format_table,
         level_settings,
         load_sets,
@@ -243,6 +248,11 @@ def _run(args) -> int:
             feature_sets = [tuple(args.features)]
         settings += sweep_settings(args.strengths or list(SWEEP.strengths), args.conditional,
                                    [g.strip() for g in args.guidance.split(",")], feature_sets)
+    if args.open:
+        if steered.gate is None:
+            raise ValueError("--open needs a harm gate (fit one with --fit-gate): it lowers refusal only where "
+                             "the gate says a prompt is benign")
+        settings.append(SweepSetting("open", 0.0, False, lower=True))
     adapter_tag = f"+{steered.adapter_name}" if steered.adapter_name else ""
     out = output_folder(args.out or Path("steerchat-eval") / f"{steered.model_name}{adapter_tag}", "--out")
     if args.restart and (out / "results.jsonl").exists():

@@ -45,3 +45,27 @@ def test_levels_are_distinct_and_strictly_monotone():
     assert len({(lv.strength, lv.conditional, lv.guidance) for lv in steered}) == len(steered)
     assert [(lv.strength, lv.conditional) for lv in steered][0] == (1.0, True) and steered[1].strength == 2.0
     assert "unsafe refused 50%" in steered[0].description and "unsafe refused 100%" in steered[1].description
+
+
+def _open_row(unsafe, safe):
+    row = _row(SweepSetting("open", 0.0, False, lower=True), unsafe, safe, 0.6)
+    row["guidance"] = "none"
+    return row
+
+
+def test_an_open_level_goes_left_of_off_when_it_answers_more_and_refuses_as_much():
+    rows = [_row(BASE, 0.6, 0.5, 0.6), _row(UNC, 1.0, 0.9, 0.4)]
+    for r in rows:
+        r["guidance"] = "none"
+    scale = choose_levels(rows + [_open_row(0.57, 0.2)])  # 30 points fewer safe refused, 3 fewer unsafe
+    assert scale.names[:2] == ["Open", "Off"] and scale.default.name == "Off"
+    opened = scale.levels[0]
+    assert opened.lower and opened.strength == 0.0 and not opened.conditional
+    assert "safe refused 20% (-30)" in opened.description and "unsafe refused 57% (-3)" in opened.description
+    # it costs too much protection (unsafe refused 10 points less): no Open notch
+    assert "Open" not in choose_levels(rows + [_open_row(0.5, 0.2)]).names
+    # it answers too few more safe prompts (2 points): no Open notch
+    assert "Open" not in choose_levels(rows + [_open_row(0.6, 0.48)]).names
+    # an Open row never passes for the baseline the other levels are measured against
+    assert choose_levels([_open_row(0.57, 0.2)] + rows).levels[1].description.startswith("The model as it is. "
+                                                                                         "Measured: unsafe refused 60%")

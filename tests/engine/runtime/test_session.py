@@ -112,3 +112,23 @@ def test_trace_json_round_trips(tiny, sae):
     again = type(trace).from_json(trace.to_json())
     assert again == trace
     assert again.to_json() == trace.to_json()
+
+
+def test_the_open_level_reaches_the_hook_as_a_lowering_clamp_and_chats_start_at_off(tiny, sae):
+    from steerchat.engine.core.levels import DEFAULT_LEVELS, OPEN_LEVEL, LevelScale
+
+    gated = _session(tiny, sae, gate_threshold=1e9).steered  # the gate never opens: every prompt is benign
+    request = gated.clamp_request(SafetySettings(level=OPEN_LEVEL))
+    assert request.lower_where_closed and not request.conditional
+    assert request.targets.tolist() == [0.0, 0.0]  # clamped down to 0 · m_f
+    # a steering level is never a lowering one
+    assert not gated.clamp_request(SafetySettings(level=DEFAULT_LEVELS[3])).lower_where_closed
+    # without a gate nothing says a prompt is benign: Open does nothing
+    assert _session(tiny, sae).steered.clamp_request(SafetySettings(level=OPEN_LEVEL)).targets is None
+
+    gated.levels = LevelScale((OPEN_LEVEL,) + DEFAULT_LEVELS)
+    session = Session(gated, sampling=SamplingSettings(max_new_tokens=2))
+    assert session.levels.names[0] == "Open" and session.settings.level.name == "Off"
+    session.settings = SafetySettings(level=OPEN_LEVEL)
+    trace = session.send("hello")
+    assert trace.level == "Open" and trace.strength == 0.0
