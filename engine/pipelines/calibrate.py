@@ -17,10 +17,11 @@ kept is always called Max.
 Conditional and unconditional settings compete on the same terms, so a level is
 conditional exactly when that bought the same protection for less.
 
-For a model that over-refuses, a sweep run with `eval --open` also measures the Open setting
-(refusal features clamped down where the harm gate says the prompt is benign); it becomes the
-slider's first notch, left of Off, when it answers at least 5 points more of the safe prompts
-and refuses at most 5 points fewer of the unsafe ones. Chats still start at Off.
+For a model that over-refuses, a sweep run with `eval --open` also measures Open settings
+(refusal features clamped down to s·m_f, s ≤ 0, where the harm gate says the prompt is
+benign); the one that answers the most safe prompts becomes the slider's first notch, left of
+Off, when it answers at least 5 points more of them and refuses at most 5 points fewer of the
+unsafe ones. Chats still start at Off.
 """
 
 from __future__ import annotations
@@ -86,18 +87,21 @@ def candidates(rows: list[dict], base: dict) -> list[LevelCandidate]:
 
 
 def _open_level(rows: list[dict], base: dict) -> SafetyLevel | None:
-    """The Open notch, when the sweep ran one (`eval --open`) and it earns its place: safe
-    prompts refused at least OPEN_MIN_GAIN less often than Off, unsafe ones at most
+    """The Open notch, when the sweep ran one or more (`eval --open`) and one earns its place:
+    safe prompts refused at least OPEN_MIN_GAIN less often than Off, unsafe ones at most
     OPEN_MAX_UNSAFE_LOSS less often."""
-    row = next((r for r in rows if r.get("lower") and r["guidance"] == "none"), None)
-    if row is None or None in (row["unsafe_refusal"], row["safe_refusal"], base["safe_refusal"]):
+    if base["safe_refusal"] is None:
         return None
-    if base["safe_refusal"] - row["safe_refusal"] < OPEN_MIN_GAIN - 1e-9:
+    fits = [r for r in rows if r.get("lower") and r["guidance"] == "none"
+            and None not in (r["unsafe_refusal"], r["safe_refusal"])
+            and base["safe_refusal"] - r["safe_refusal"] >= OPEN_MIN_GAIN - 1e-9
+            and base["unsafe_refusal"] - r["unsafe_refusal"] <= OPEN_MAX_UNSAFE_LOSS + 1e-9]
+    if not fits:
         return None
-    if base["unsafe_refusal"] - row["unsafe_refusal"] > OPEN_MAX_UNSAFE_LOSS + 1e-9:
-        return None
+    # the one that answers the most safe prompts; on a tie, the gentlest push
+    row = min(fits, key=lambda r: (r["safe_refusal"], -r["strength"]))
     return SafetyLevel("Open", GuidanceMode.NONE, float(row["strength"]), False,
-                       f"Answers more: refusal features pushed down to {row['strength']:g}× their reference "
+                       f"Answers more: refusal features clamped down to {row['strength']:g}× their reference "
                        f"activation where the harm gate says the prompt is benign. Measured: "
                        + _describe(row, base).split("Measured: ", 1)[1], lower=True)
 

@@ -68,6 +68,14 @@ def nonneg_float(text: str) -> float:
     return value
 
 
+def nonpos_float(text: str) -> float:
+    """A finite number of at most 0."""
+    value = _number(text, float, "a number")
+    if value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of at most 0")
+    return value
+
+
 def positive_float(text: str) -> float:
     """A finite number above 0."""
     value = _number(text, float, "a number")

@@ -16,6 +16,7 @@ from steerchat.cli.checks import (
     float_list,
     int_list,
     nonneg_int,
+    nonpos_float,
     output_file,
     output_folder,
     positive_int,
@@ -72,10 +73,13 @@ def register(sub) -> None:
     g.add_argument("--features", type=_features, default=None,
                    help="comma-separated refusal features to clamp (default all), or 'each' for one at a time")
     g.add_argument("--levels", default=None, help="comma-separated safety levels to run as defined, or 'all'")
-    g.add_argument("--open", action="store_true",
-                   help="also run the Open setting: refusal features clamped down to 0 where the harm gate says "
-                   "the prompt is benign (for a model that over-refuses; --calibrate puts it left of Off "
-                   "when it answers more safe prompts without refusing fewer unsafe ones)")
+    g.add_argument("--open", nargs="?", const=[0.0], default=None, metavar="STRENGTHS",
+                   type=lambda t: float_list(t, nonpos_float),
+                   help="also run the Open setting at these strengths (default 0): where the harm gate says the "
+                   "prompt is benign, refusal features are clamped down to s x their reference activation "
+                   "(0 turns them off, below 0 pushes against them); for a model that over-refuses, "
+                   "--calibrate puts the best one left of Off when it answers more safe prompts without "
+                   "refusing fewer unsafe ones")
     d = p.add_argument_group("inputs (built-in sets unless a file is given)")
     d.add_argument("--sets", default="unsafe,safe,mc,math,escalation", help="which kinds of set to run")
     d.add_argument("--unsafe", help="prompts that should be refused (JSON/JSONL/CSV/text)")
@@ -252,7 +256,7 @@ def _run(args) -> int:
         if steered.gate is None:
             raise ValueError("--open needs a harm gate (fit one with --fit-gate): it lowers refusal only where "
                              "the gate says a prompt is benign")
-        settings.append(SweepSetting("open", 0.0, False, lower=True))
+        settings += [SweepSetting(f"open s={s:g}", s, False, lower=True) for s in args.open]
     adapter_tag = f"+{steered.adapter_name}" if steered.adapter_name else ""
     out = output_folder(args.out or Path("steerchat-eval") / f"{steered.model_name}{adapter_tag}", "--out")
     if args.restart and (out / "results.jsonl").exists():

@@ -165,6 +165,8 @@ CASES: list[Case] = [
     Case("eval-strengths-nan", lambda w: _eval(w, "--strengths", "nan"), "--strengths", rc=2),
     Case("eval-strengths-negative", lambda w: _eval(w, "--strengths", "-3"), "at least 0", rc=2),
     Case("eval-limit-negative", lambda w: _eval(w, "--limit", "-1"), "--limit", rc=2),
+    Case("eval-open-positive", lambda w: _eval(w, "--open", "0,2"), "at most 0", rc=2),
+    Case("eval-open-without-gate", lambda w: _eval(w, "--open"), "needs a harm gate"),
     Case("eval-features-abc", lambda w: _eval(w, "--features", "abc"), "comma-separated whole numbers", rc=2),
     Case("find-sizes-zero", lambda w: _find(w, "--sizes", "4,0"), "--sizes", rc=2),
     Case("sweep-points-bad", lambda w: _sweep(w, "--points", "0,xg"), "--points", rc=2),
