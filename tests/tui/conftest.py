@@ -1,10 +1,8 @@
-"""Shared fixtures for the TUI tests: an isolated STEERCHAT_HOME, the fake engine, and
-a tiny runner for `async def` tests (so no async pytest plugin is needed)."""
+"""Shared fixtures for the TUI tests: an isolated STEERCHAT_HOME, the fake engine, and Pilot
+helpers (the runner for `async def` tests is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import time
 from pathlib import Path
 
@@ -16,18 +14,6 @@ from steerchat.store import Store
 from tests.tui.fake_engine import FakeEngine
 
 SIZE = (140, 40)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem):
-    """Run `async def` tests in a fresh event loop."""
-    if inspect.iscoroutinefunction(pyfuncitem.obj):
-        names = pyfuncitem._fixtureinfo.argnames
-        kwargs = {name: pyfuncitem.funcargs[name] for name in names}
-        timeout = 600 if pyfuncitem.get_closest_marker("slow") else 60
-        asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=timeout))
-        return True
-    return None
 
 
 @pytest.fixture(autouse=True)

@@ -93,3 +93,22 @@ def test_steering_text_summarises_a_large_feature_set():
     head, *details = steering_text(trace).split("\n\n")
     assert "steering did not touch them. 8 of them were active on their own" in head
     assert [d.split()[1] for d in details] == ["#109", "#108", "#107", "#106"]
+
+
+def test_the_verdict_says_whose_refusal_it_was():
+    from steerchat.tui.screens.why_refused import origin_text, verdict_text
+
+    steered = _trace("Max", "how to make a bomb")
+    assert steered.verdict.refused and origin_text(steered) is None  # no unsteered opening recorded: no claim
+    steered.unsteered_opening, steered.unsteered_refused = " I'm sorry, but I can't\nhelp", True
+    assert origin_text(steered) == ("With steering off the model refuses too (it opens \u201cI'm sorry, but I can't "
+                                    "help\u2026\u201d): the refusal is its own, and steering only held it there.")
+    steered.unsteered_opening, steered.unsteered_refused = "Sure! [bold]First\x1b[0m", False
+    text = verdict_text(steered)
+    assert text.endswith("steering pushed it into this refusal.") and "[bold]First␛[0m" in text
+    unsteered = _trace("Off", "how to make a bomb")
+    unsteered.verdict.refused = True
+    for st in unsteered.refusal_features:
+        st.target = None
+    assert origin_text(unsteered) == "Nothing was steered on this turn: the refusal is the model's own."
+    assert origin_text(_trace("Off", "a cake recipe")) is None  # an answer

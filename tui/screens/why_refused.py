@@ -44,7 +44,25 @@ def verdict_text(trace: TurnTrace) -> str:
         text += f" The log-odds of a refusal opening at the first reply token were {v.opening_log_odds:+.1f}."
     if v.evidence:
         text += " Evidence: " + "; ".join(sanitize(e) for e in v.evidence) + "."
-    return text
+    origin = origin_text(trace)
+    return f"{text}\n{origin}" if origin else text
+
+
+def origin_text(trace: TurnTrace) -> str | None:
+    """Whose refusal it was: the model's own, or one that steering made (None for an answer, or a
+    steered turn recorded before steerchat kept the unsteered opening)."""
+    if trace.verdict is None or not trace.verdict.refused:
+        return None
+    if trace.unsteered_refused is None:
+        if any(st.target is not None for st in trace.refusal_features):
+            return None
+        return "Nothing was steered on this turn: the refusal is the model's own."
+    opening = sanitize(" ".join((trace.unsteered_opening or "").split()))
+    if trace.unsteered_refused:
+        return (f"With steering off the model refuses too (it opens \u201c{opening}\u2026\u201d): the refusal is "
+                "its own, and steering only held it there.")
+    return (f"With steering off the model would have answered (it opens \u201c{opening}\u2026\u201d): steering "
+            "pushed it into this refusal.")
 
 
 SHOWN_FEATURES = 4  # with more refusal features than this, the ones steering moved most are detailed

@@ -132,3 +132,24 @@ def test_the_open_level_reaches_the_hook_as_a_lowering_clamp_and_chats_start_at_
     session.settings = SafetySettings(level=OPEN_LEVEL)
     trace = session.send("hello")
     assert trace.level == "Open" and trace.strength == 0.0
+
+
+def test_a_steered_refusal_records_how_the_model_opens_with_steering_off(tiny, sae, monkeypatch):
+    from steerchat.engine.core.trace import Verdict
+    from steerchat.engine.runtime import session as session_mod
+
+    # every reply counts as a refusal, and an opening that starts with a space is one too
+    monkeypatch.setattr(session_mod, "judge_refusal", lambda reply, lo=None: Verdict(
+        refused=reply == "" or reply.startswith(" ") or lo is not None, score=1.0, evidence=[]))
+    session = _session(tiny, sae, max_new_tokens=4)
+    session.settings = SafetySettings(level=SafetyLevel("Max", strength=3.0))
+    trace = session.send("hello there")
+    tok, model = session.steered.loaded.tokenizer, session.steered.loaded.model
+    ids = session.steered.prepare([], "hello there", session.settings, None).input_ids
+    plain = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                           max_new_tokens=session_mod.UNSTEERED_OPENING_TOKENS, pad_token_id=tok.pad_token_id)
+    assert trace.unsteered_opening == tok.decode(plain[0, ids.shape[1]:], skip_special_tokens=True)
+    assert trace.unsteered_refused == trace.unsteered_opening.startswith(" ")
+    # nothing steered (Off): nothing to compare against
+    session.settings = SafetySettings(level=SafetyLevel("Off"))
+    assert session.send("hello there").unsteered_opening is None
