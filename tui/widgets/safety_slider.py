@@ -20,8 +20,8 @@ class SafetySlider(Widget, can_focus=True):
     BINDINGS = [
         Binding("left", "move(-1)", "Safer less", show=False, id="slider.left"),
         Binding("right", "move(1)", "Safer more", show=False, id="slider.right"),
-        Binding("home", "jump(0)", "Off", show=False, id="slider.home"),
-        Binding("end", "jump(-1)", "Max", show=False, id="slider.end"),
+        Binding("home", "jump(0)", "Least safe", show=False, id="slider.home"),
+        Binding("end", "jump(-1)", "Safest", show=False, id="slider.end"),
     ]
 
     DEFAULT_CSS = """
