@@ -38,7 +38,7 @@ from steerchat.engine.core.datasets import load_pairs, load_prompts
 from steerchat.engine.core.jsonl import read_jsonl
 from steerchat.engine.core.levels import GUIDANCE_HINT, SafetySettings
 from steerchat.engine.core.refusal_replies import REFUSAL_TEMPLATES
-from steerchat.engine.runtime.batch import generate_batch
+from steerchat.engine.runtime.batch import generate_batch, pad_batch, pad_id
 from steerchat.engine.runtime.layers import run_to_layer
 from steerchat.engine.runtime.loading import load_model
 from steerchat.engine.runtime.steered import SteeredModel
@@ -277,11 +277,10 @@ def collect(cfg: CollectConfig, out_dir: str | Path, loaded=None, device: str = 
     i = manifest.docs_done
     while i < len(docs):
         batch = list(range(i, min(i + cfg.batch_size, len(docs))))
-        enc = tok([texts[j] for j in batch], add_special_tokens=False, truncation=True, max_length=cfg.max_len,
-                  padding=True, return_tensors="pt")
-        if tok.padding_side == "left":
-            raise EngineError("collect expects a right-padding tokenizer")
-        ids, attn = enc["input_ids"].to(loaded.device), enc["attention_mask"].to(loaded.device)
+        enc = tok([texts[j] for j in batch], add_special_tokens=False, truncation=True, max_length=cfg.max_len)
+        # right-padded whatever the tokenizer's own side: positions then line up with the documents
+        padded = pad_batch(enc["input_ids"], pad_id(tok), "right", loaded.device)
+        ids, attn = padded.input_ids, padded.attention_mask
         h = run_to_layer(model, cfg.hook_layer, ids, attn).float()
         keep, n_first, n_outlier = kept_positions(h, attn, cfg.outlier_factor)
         manifest.excluded["first"] += n_first

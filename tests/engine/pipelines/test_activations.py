@@ -112,3 +112,20 @@ def test_sources_parse_slices_and_name_missing_files(tmp_path):
         Source.parse("instructions", str(tmp_path / "nope.json"))
     (tmp_path / "q.jsonl").write_text('{"question": "x", "answer": "1 <<1=1>>\\n#### 1"}\n')
     assert read_pairs(str(tmp_path / "q.jsonl")) == [("x", "1 \nThe answer is 1")]
+
+
+def test_a_left_padding_tokenizer_collects_the_same(tiny_model_dir, tmp_path, monkeypatch):
+    src = write_sources(tmp_path / "src")
+    collect(config(tiny_model_dir, src), tmp_path / "right")
+    real = acts_mod.load_model
+
+    def left_padding(*args, **kw):
+        loaded = real(*args, **kw)
+        loaded.tokenizer.padding_side = "left"
+        return loaded
+
+    monkeypatch.setattr(acts_mod, "load_model", left_padding)
+    collect(config(tiny_model_dir, src), tmp_path / "left")
+    right, left = all_acts(tmp_path / "right"), all_acts(tmp_path / "left")
+    for key in right:
+        assert torch.equal(right[key], left[key]), key
