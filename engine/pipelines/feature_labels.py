@@ -18,10 +18,10 @@ NEVER_FIRED. Each record says which of the three it is ("status": "normal", "rar
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+from steerchat.engine.core.jsonl import iter_jsonl
 from steerchat.engine.pipelines.activations import DOCS, Manifest, load_shard
 from steerchat.engine.runtime.sae import SAE
 from tqdm.auto import tqdm
@@ -48,7 +48,7 @@ def label_features(sae: SAE, folder: str | Path, tokenizer, top: int | None = 10
     the rarer ones, by mass; then those that never fired, by index."""
     folder = Path(folder)
     manifest = Manifest.load(folder)
-    kinds = [json.loads(line).get("kind", "?") for line in (folder / DOCS).read_text(encoding="utf-8").splitlines()]
+    kinds = [doc.get("kind", "?") for _, doc in iter_jsonl(folder / DOCS)]
     vocab = len(tokenizer)
     keys, vals, kind_keys = [], [], []
     token_count = torch.zeros(vocab, dtype=torch.float64)
