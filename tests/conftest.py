@@ -31,6 +31,17 @@ def shared_models_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models-cache")
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (restored after): tiny tensors on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch, shared_models_cache):
     """Every test gets its own config/data/cache folders; converted models are shared."""

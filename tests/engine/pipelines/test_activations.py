@@ -10,14 +10,8 @@ import torch
 import steerchat.engine.pipelines.activations as acts_mod
 from steerchat.engine.pipelines.activations import CollectConfig, Manifest, Source, collect, kept_positions, load_shard, read_pairs
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: with several threads on a busy machine, OpenMP barriers cost more than the maths."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: with several threads on a busy machine, OpenMP barriers cost more than the maths
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_sources(folder):

@@ -15,6 +15,9 @@ from steerchat.engine.pipelines.activations import DOCS, Manifest
 from steerchat.engine.pipelines.feature_labels import NEVER_FIRED, label_features
 from steerchat.engine.runtime.sae import SAE, SAEConfig
 
+# tiny tensors: with several threads on a busy machine, OpenMP barriers cost more than the maths
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB = ["<s>", "the", "a", "cat", "dog", "zebra", "yak", "owl"]
 D = 6  # features = inputs: feature i fires with activation x[i] (ReLU, identity encoder)
 
@@ -30,14 +33,6 @@ class Tok:
 
     def decode(self, ids: list[int]) -> str:
         return " ".join(VOCAB[i] for i in ids)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _sae() -> SAE:

@@ -17,13 +17,8 @@ from steerchat.engine.pipelines.prepare import STAGES, PrepareConfig, format_pla
 from steerchat.models import get_entry, user_models_dir
 from tests.conftest import build_tiny_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: with several threads on a busy machine, OpenMP barriers cost more than the maths
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(model, **kw) -> PrepareConfig:

@@ -9,14 +9,8 @@ from steerchat.engine.pipelines.refusal_features import (Candidate, fit_directio
                                                          pursue_direction, rank_contrast_features)
 from steerchat.engine.runtime.sae import SAE
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: with several threads on a busy machine, OpenMP barriers cost more than the maths."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: with several threads on a busy machine, OpenMP barriers cost more than the maths
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rank_features_finds_the_planted_refusal_feature():

@@ -12,14 +12,8 @@ from steerchat.engine.pipelines.activations import Manifest
 from steerchat.engine.runtime.sae import SAE
 from steerchat.engine.pipelines.sae_train import TopKTrainer, TrainConfig, lr_at, split_shards, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: with several threads on a busy machine, OpenMP barriers cost more than the maths."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: with several threads on a busy machine, OpenMP barriers cost more than the maths
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 D_IN, N_TRUE = 32, 48

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 import torch
 from transformers import GenerationConfig, LogitsProcessor
 
@@ -114,13 +113,6 @@ def test_no_generation_config_means_greedy():
 
 
 # ---- in a session and in generate_batch, on the tiny model ----
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    from steerchat.engine.runtime.loading import load_model
-
-    return load_model(str(tiny_model_dir))
-
 
 class _Cycle(LogitsProcessor):
     """Forces the reply into a loop: the tokens of `span` over and over from reply token `after`."""

@@ -5,29 +5,13 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 import torch
 
 from steerchat.engine.core.api import SamplingSettings
 from steerchat.engine.core.featureset import FeatureSet, HarmGate, RefusalFeature
 from steerchat.engine.core.levels import SafetyLevel, SafetySettings
-from steerchat.engine.runtime.loading import load_model
-from steerchat.engine.runtime.sae import SAE
 from steerchat.engine.runtime.session import Session
 from steerchat.engine.runtime.steered import SteeredModel
-
-
-LAYER = 1
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(str(tiny_model_dir))
-
-
-@pytest.fixture
-def sae():
-    return SAE.random(d_in=64, d_sae=256, k=16, hook_layer=LAYER, seed=1)
 
 
 def _session(tiny, sae, gate_threshold=None, max_new_tokens=10):

@@ -6,23 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerchat.engine.runtime.loading import load_model
 from steerchat.engine.runtime.sae import SAE
 from steerchat.engine.runtime.layers import decoder_layer
 from steerchat.engine.runtime.steering import ClampRequest, FeatureGate, SteeringHook
-
-
-LAYER = 1
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(str(tiny_model_dir))
-
-
-@pytest.fixture
-def sae():
-    return SAE.random(d_in=64, d_sae=256, k=16, hook_layer=LAYER, seed=1)
+from tests.engine.runtime.conftest import LAYER
 
 
 def _capture_layer_output(model, layer_idx, ids):
