@@ -377,7 +377,11 @@ def train(cfg: TrainConfig, activations: str | Path, out: str | Path, device: st
     """
     par = DataParallel(device)
     try:
-        return _train(cfg, activations, out, device, model, eval_docs, save_dtype, command, stop_at, progress, par)
+        report = _train(cfg, activations, out, device, model, eval_docs, save_dtype, command, stop_at, progress, par)
+        # the other ranks wait while rank 0 writes the SAE and the report: a rank that tore its
+        # process group down and exited first sometimes died in gloo's threads (SIGABRT)
+        par.barrier()
+        return report
     finally:
         par.close()
 
