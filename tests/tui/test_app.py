@@ -161,3 +161,54 @@ async def test_chat_on_the_starter_model(home, shared_models_cache, monkeypatch)
         reply = app.store.messages(app.chat_screen.chat_id)[1]
         trace = TurnTrace.from_json(reply.trace_json)
         assert trace.model == "smollm2-135m" and trace.reply == view.text
+
+
+@pytest.mark.slow
+@requires_starter
+async def test_branches_and_alternatives_on_the_starter_model(home, shared_models_cache, monkeypatch):
+    """Edit an earlier prompt (a fork the real engine answers from the right history) and
+    regenerate at another level (an alternative with its own trace), on SmolLM2-135M."""
+    from steerchat.tui.widgets.chat import UserMessage
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (home / "cache").mkdir(parents=True, exist_ok=True)
+    (home / "cache" / "models").symlink_to(shared_models_cache, target_is_directory=True)
+    app = SteerChatApp(Config(model="smollm2-135m", sampling=SamplingSettings(max_new_tokens=8)),
+                       session_factory=open_engine_session)
+
+    async def reply_done():
+        await wait_for(pilot, lambda: app.chat_screen.streaming is None, timeout=120, what="reply")
+        await finished(pilot)
+
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None, timeout=240, what="starter model load")
+        screen = app.chat_screen
+        for prompt in ("Name a colour.", "Name a fruit."):
+            await send(pilot, prompt, wait=False)
+            await reply_done()
+        first_reply = app.store.branch(screen.chat_id)[1].content
+
+        # fork at the second prompt: both branches stay, the engine answers with the first turn only
+        list(screen.query(UserMessage))[1].focus()
+        await pilot.press("e")
+        screen.query_one("#prompt").load_text("Name a vegetable.")
+        await pilot.press("enter")
+        await reply_done()
+        branch = app.store.branch(screen.chat_id)
+        assert [m.content for m in branch][::2] == ["Name a colour.", "Name a vegetable."]
+        assert len(app.store.messages(screen.chat_id)) == 6
+        assert app.session.history == [("Name a colour.", first_reply), ("Name a vegetable.", branch[3].content)]
+
+        # an alternative reply at Max: each keeps its own level and trace
+        screen.query_one("#slider").select("Max")
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await reply_done()
+        views = list(screen.query(AssistantMessage))
+        assert views[-1].branch == (2, 2) and views[-1].trace.level == "Max"
+        views[-1].focus()
+        await pilot.press("alt+left")
+        await wait_for(pilot, lambda: list(screen.query(AssistantMessage))[-1].branch == (1, 2), what="first try")
+        first = list(screen.query(AssistantMessage))[-1]
+        assert first.trace.level == "Off" and first.trace.strength == 0
+        assert TurnTrace.from_json(app.store.branch(screen.chat_id)[-1].trace_json).level == "Off"
