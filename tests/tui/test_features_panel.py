@@ -119,3 +119,18 @@ async def test_find_a_feature_by_label_and_pin_it_across_turns(make_app):
         assert "Pinned #4021 weapons and explosives" in str(panel.query_one("#fp-pinned").render())
         await pilot.press("p")
         assert panel.pinned is None and not spark.display
+
+
+def test_an_open_level_target_below_zero_sits_at_the_left_edge():
+    from steerchat.engine.core.trace import RefusalFeatureState
+    from steerchat.tui.widgets.features_panel import refusal_table
+
+    def marker(target: float) -> tuple[int, str]:
+        text = refusal_table([RefusalFeatureState(7, 2.0, 0.0, 0.0, 0.0, target)]).plain
+        row = next(line for line in text.splitlines() if line.startswith(" #7"))
+        return row.index("▼"), text
+
+    at_zero, _ = marker(0.0)
+    below, text = marker(-2.0)
+    assert below == at_zero  # the left edge, not wrapped round by a negative index
+    assert "clamped to -2.0" in text

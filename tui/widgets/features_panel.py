@@ -89,7 +89,7 @@ def refusal_table(states: list[RefusalFeatureState], rows: int = REFUSAL_ROWS) -
         if cells[ref_at] == " ":
             cells[ref_at] = "┊"
         if st.target is not None:
-            cells[min(width - 1, int(st.target / scale * width))] = "▼"
+            cells[max(0, min(width - 1, int(st.target / scale * width)))] = "▼"  # an Open level clamps below 0
         out.append(f" {_fit(feature_name(st.feature, st.label))} ", style="bold red")
         out.append("".join(cells) + "\n", style="red")
         out.append(f"   natural {st.natural_reply_max:.1f} (prompt {st.natural_prompt_max:.1f}) · ")
