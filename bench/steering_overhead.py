@@ -5,7 +5,7 @@ hook recording features only, (c) recording and clamping the refusal features, i
 alternating rounds, and prints tokens/s for each and the ratios b/a and c/a. Absolute
 speeds on a shared machine are noise; the ratios are the result.
 
-    python bench/steering_overhead.py [--model smollm2-135m] [--tokens 64] [--rounds 5]
+    python bench/steering_overhead.py [--model smollm2-135m] [--tokens 64] [--rounds 5] [--threads N|auto]
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ def main() -> None:
     ap.add_argument("--sae", default="auto", help="SAE folder; 'auto' = shipped, else a random SAE of the paper's shape (8x d_model, k=32)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", default=None,
+                    help="torch threads: a number, or 'auto' for the cores idle before each run (as a chat turn does)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads not in (None, "auto"):
+        torch.set_num_threads(int(args.threads))
 
     from steerchat.engine.core.featureset import FeatureSet
     from steerchat.engine.runtime.loading import load_model
@@ -63,6 +64,10 @@ def main() -> None:
     clamp = SteeringHook(sae, sae.cfg.hook_layer, refusal_features=features, control=lambda: ClampRequest(targets))
 
     def run(hook) -> float:
+        if args.threads == "auto":
+            from steerchat.engine.runtime.threads import apply_threads
+
+            apply_threads()
         t = time.perf_counter()
         with torch.inference_mode():
             if hook is None:

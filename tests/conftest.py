@@ -47,6 +47,8 @@ def _isolated_home(tmp_path_factory, monkeypatch, shared_models_cache):
     """Every test gets its own config/data/cache folders; converted models are shared."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("STEERCHAT_HOME", str(home))
+    # turns pick torch's thread count from the idle cores; tests compare numbers across runs, so fix it
+    monkeypatch.setenv("STEERCHAT_THREADS", "1")
     (home / "cache").mkdir(parents=True)
     (home / "cache" / "models").symlink_to(shared_models_cache, target_is_directory=True)
     yield home

@@ -81,6 +81,7 @@ class Timings:
     prompt_tokens: int = 0
     reply_tokens: int = 0
     context_tokens: int = 0  # the model's context limit (0: unknown)
+    threads: int = 0  # CPU threads torch decoded with (the cores idle when the turn started)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from steerchat.engine.runtime.judge import judge_refusal, opening_log_odds
 from steerchat.engine.runtime.loopguard import LoopGuard, end_ids
 from steerchat.engine.runtime.steered import History, SteeredModel, open_steered
 from steerchat.engine.runtime.steering import ClampRequest
+from steerchat.engine.runtime.threads import apply_threads
 from steerchat.engine.runtime.tracebuild import build_trace_features
 from transformers import (
     LogitsProcessor,
@@ -111,6 +112,7 @@ class Session:
         # what the model's own generation config asks for, read once (a GGUF starter's: nothing)
         self.model_sampling = model_sampling_defaults(getattr(steered.loaded.model, "generation_config", None))
         self.history: History = []
+        self.threads: int | None = None  # CPU threads for torch; None: the idle cores, chosen each turn
         self._busy = threading.Lock()
 
     # ---- the ChatSession protocol ----
@@ -176,6 +178,7 @@ class Session:
     def _generate(self, history, user_text, get_settings, on_token, cancel) -> TurnTrace:
         steered = self.steered
         start_settings = get_settings()
+        threads = apply_threads(self.threads)  # the cores idle right now: a busy core would stall every step
         # refused at once when it cannot fit the context with room for the reply
         sp = self.decoding()
         prepared = steered.prepare(history, user_text, start_settings, self.system_prompt,
@@ -263,6 +266,7 @@ class Session:
         trace.timings.prompt_tokens = int(prepared.input_ids.shape[1])
         trace.timings.reply_tokens = n_reply
         trace.timings.context_tokens = steered.context_length or 0
+        trace.timings.threads = threads
         return trace
 
 

@@ -61,7 +61,8 @@ def _common(s: argparse.ArgumentParser) -> None:
                    help=f"longest generated reply (default {Plan.max_new_tokens})")
     s.add_argument("--seed", type=seed, default=Plan.seed, help="seed for choosing items and shuffling (decoding is greedy)")
     s.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads for torch (1 is often fastest on a busy machine)")
+                   help="CPU threads for torch (default: the cores idle when the run starts; a core busy with "
+                   "other work would stall every step)")
 
 
 def _induce_args(s) -> None:
@@ -187,10 +188,9 @@ def _run(args) -> int:
     if stage in ("induce", "run") and not (plan.instructions or plan.mistake_files or plan.history):
         print("steerchat: align: give --instructions, --mistakes or --history", file=sys.stderr)
         return 2
-    if args.threads:
-        import torch
+    from steerchat.engine.runtime.threads import apply_threads
 
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)  # default: the cores idle now (a busy core would stall every step)
     _read_inputs(args, plan, stage)
     print(f"steerchat align: loading {model}", file=sys.stderr)
     # Plain model: mistakes and analyses come from the model as it is, without the SAE.

@@ -100,7 +100,8 @@ def register(sub) -> None:
     r.add_argument("--math-tokens", type=positive_int, default=SWEEP.math_tokens, help="reply length for maths problems")
     r.add_argument("--batch-size", type=positive_int, default=SWEEP.batch_size, help="prompts generated together")
     r.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads for torch (1 is often fastest on a busy machine)")
+                   help="CPU threads for torch (default: the cores idle when the run starts; a core busy with "
+                   "other work would stall every step)")
     r.add_argument("--seed", type=seed, default=0, help="seed for choosing items (decoding is greedy)")
     r.add_argument("--judge", default=None, metavar="MODEL",
                    help="a second judge: a chat model asked whether each reply refused (yes/no log-odds)")
@@ -231,10 +232,9 @@ def _run(args) -> int:
         output_folder(args.out, "--out")
     if args.levels_out:
         output_file(args.levels_out, "--levels-out")
-    if args.threads:
-        import torch
+    from steerchat.engine.runtime.threads import apply_threads
 
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)  # default: the cores idle now (a busy core would stall every step)
     limits = {**DEFAULT_LIMITS, **(args.limit or {})}
     sets = [subsample(s, limits[s.kind], args.seed) for s in sets]
     steered = _open(args)
