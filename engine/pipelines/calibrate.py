@@ -60,17 +60,21 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
-def _describe(row: dict, base: dict) -> str:
+def _measured(row: dict, base: dict) -> str:
+    """A setting's sweep figures, each with its change from the baseline."""
     def d(k: str) -> str:
         if row.get(k) is None or base.get(k) is None:
             return ""
         return f" ({100 * (row[k] - base[k]):+.0f})"
 
-    mode = "only when the harm gate opens" if row["conditional"] else "on every prompt"
-    return (f"Refusal features clamped to {row['strength']:g}× their reference activation, {mode}. "
-            f"Measured: unsafe refused {_pct(row['unsafe_refusal'])}{d('unsafe_refusal')}, "
+    return (f"Measured: unsafe refused {_pct(row['unsafe_refusal'])}{d('unsafe_refusal')}, "
             f"safe refused {_pct(row['safe_refusal'])}{d('safe_refusal')}, "
             f"capability {_pct(row['capability'])}{d('capability')}.")
+
+
+def _describe(row: dict, base: dict) -> str:
+    mode = "only when the harm gate opens" if row["conditional"] else "on every prompt"
+    return f"Refusal features clamped to {row['strength']:g}× their reference activation, {mode}. " + _measured(row, base)
 
 
 def candidates(rows: list[dict], base: dict) -> list[LevelCandidate]:
@@ -102,8 +106,7 @@ def _open_level(rows: list[dict], base: dict) -> SafetyLevel | None:
     row = min(fits, key=lambda r: (r["safe_refusal"], -r["strength"]))
     return SafetyLevel("Open", GuidanceMode.NONE, float(row["strength"]), False,
                        f"Answers more: refusal features clamped down to {row['strength']:g}× their reference "
-                       f"activation where the harm gate says the prompt is benign. Measured: "
-                       + _describe(row, base).split("Measured: ", 1)[1], lower=True)
+                       f"activation where the harm gate says the prompt is benign. " + _measured(row, base), lower=True)
 
 
 def choose_levels(rows: list[dict]) -> LevelScale:
