@@ -60,6 +60,15 @@ async def ready(pilot) -> None:
     await wait_for(pilot, lambda: app.session is not None and app.screen is app.chat_screen, what="model load")
 
 
+async def open_settings(pilot):
+    """F5, then the settings form once it is in front (returned)."""
+    from steerchat.tui.screens.settings import SettingsScreen
+
+    await pilot.press("f5")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, SettingsScreen), what="settings")
+    return pilot.app.screen
+
+
 async def send(pilot, text: str, wait: bool = True) -> None:
     """Type `text` into the prompt (literally, newlines via ctrl+j) and press Enter."""
     app = pilot.app

@@ -4,7 +4,7 @@ form turns it off (fake engine: one word is one token, the guard's rule from eng
 from steerchat.engine.core.loops import LOOP_GUARD_MESSAGE
 from steerchat.engine.core.trace import Timings, TurnTrace
 from steerchat.tui.widgets.chat import AssistantMessage, timing_line
-from tests.tui.conftest import SIZE, ready, screen_text, send, wait_for
+from tests.tui.conftest import SIZE, open_settings, ready, screen_text, send, wait_for
 
 LOOPING = "Sure. " + "I like it. " * 20  # 3 words said 20 times: the guard ends it at the 8th repeat
 
@@ -36,13 +36,11 @@ async def test_settings_form_turns_the_loop_guard_off(make_app, engine, home):
     from textual.widgets import Checkbox
 
     from steerchat.tui.config import load_config
-    from steerchat.tui.screens.settings import SettingsScreen
 
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await pilot.press("f5")
-        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), what="settings")
+        await open_settings(pilot)
         box = app.screen.query_one("#loop_guard", Checkbox)
         assert box.value is True and "Loop guard" in screen_text(app, box)
         box.value = False
@@ -62,14 +60,10 @@ async def test_settings_form_turns_the_loop_guard_off(make_app, engine, home):
 async def test_settings_form_leaves_unset_sampling_to_the_model(make_app, engine):
     from textual.widgets import Input
 
-    from steerchat.tui.screens.settings import SettingsScreen
-
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await pilot.press("f5")
-        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), what="settings")
-        form = app.screen
+        form = await open_settings(pilot)
         assert form.query_one("#temperature", Input).value == "" and form.query_one("#top_k", Input).value == ""
         form.query_one("#top_k", Input).value = "20"
         await pilot.press("ctrl+s")

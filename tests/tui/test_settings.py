@@ -1,6 +1,6 @@
 """Settings: saved from the palette and from the settings form, and applied."""
 
-from tests.tui.conftest import SIZE, ready, screen_text, wait_for
+from tests.tui.conftest import SIZE, open_settings, ready, screen_text, wait_for
 
 
 async def test_settings_persist(make_app, home):
@@ -21,14 +21,11 @@ async def test_settings_form_saves_and_applies(make_app, home, engine):
     from textual.widgets import Input, TextArea
 
     from steerchat.tui.config import load_config
-    from steerchat.tui.screens.settings import SettingsScreen
 
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await pilot.press("f5")
-        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), what="settings")
-        form = app.screen
+        form = await open_settings(pilot)
         form.query_one("#system", TextArea).load_text("Answer in French.")
         form.query_one("#temperature", Input).value = "0.7"
         form.query_one("#top_p", Input).value = "1.5"
