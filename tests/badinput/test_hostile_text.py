@@ -29,7 +29,7 @@ from steerchat.tui.widgets.chat import MAX_INPUT_CHARS, AssistantMessage
 from textual import events
 
 from steerchat.store import Store
-from tests.tui.conftest import SIZE, ready, send, wait_for
+from tests.tui.conftest import SIZE, ready, record_notes, send, wait_for
 from tests.tui.fake_engine import FakeEngine
 
 START, END = b"\x1b[200~", b"\x1b[201~"
@@ -121,8 +121,10 @@ def home(tmp_path, monkeypatch) -> Path:
 
 def make_app(home, engine=None) -> SteerChatApp:
     engine = engine or FakeEngine()
-    return SteerChatApp(Config(), session_factory=engine.open_session, store=Store(home / "h.sqlite"),
-                        config_file=home / "config.toml", export_dir=home / "exports")
+    app = SteerChatApp(Config(), session_factory=engine.open_session, store=Store(home / "h.sqlite"),
+                       config_file=home / "config.toml", export_dir=home / "exports")
+    record_notes(app)
+    return app
 
 
 def test_a_hostile_paste_in_the_app_is_text_and_quits_nothing(home):
@@ -152,7 +154,7 @@ def test_a_huge_paste_is_cut_with_a_notice(home):
             prompt.focus()
             prompt.post_message(events.Paste("x" * (MAX_INPUT_CHARS + 5000)))
             await pilot.pause(0.2)
-            return len(prompt.text), [n.message for n in app._notifications]
+            return len(prompt.text), [n.message for n in app.notes]
 
     length, shown = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert length == MAX_INPUT_CHARS and any("cut to" in n for n in shown)

@@ -18,7 +18,7 @@ from steerchat.tui.config import Config, load_config, save_config
 from steerchat.tui.widgets.chat import AssistantMessage
 
 from steerchat.store import Store, history
-from tests.tui.conftest import SIZE, ready, send, wait_for
+from tests.tui.conftest import SIZE, ready, record_notes, send, wait_for
 from tests.tui.fake_engine import FakeEngine
 
 
@@ -34,8 +34,10 @@ def db_path(home: Path) -> Path:
 
 def app_for(home: Path, config: Config | None = None, warning: str | None = None) -> SteerChatApp:
     # store=None: the app opens the history itself, as `steerchat` does.
-    return SteerChatApp(config or Config(), session_factory=FakeEngine().open_session, config_warning=warning,
-                        config_file=home / "config" / "config.toml", export_dir=home / "exports")
+    app = SteerChatApp(config or Config(), session_factory=FakeEngine().open_session, config_warning=warning,
+                       config_file=home / "config" / "config.toml", export_dir=home / "exports")
+    record_notes(app)
+    return app
 
 
 def run(coro) -> None:
@@ -43,7 +45,7 @@ def run(coro) -> None:
 
 
 def notes(app) -> str:
-    return "\n".join(n.message for n in app._notifications)
+    return "\n".join(n.message for n in app.notes)
 
 
 async def chat_once(app, text: str = "hello after the fault"):
@@ -58,7 +60,7 @@ async def chat_once(app, text: str = "hello after the fault"):
             await pilot.pause(0.05)
         saved = [m.content for m in app.store.messages(chat_id)]
         shown = notes(app)
-        assert all("\n" not in n.message for n in app._notifications), shown  # each warning one line
+        assert all("\n" not in n.message for n in app.notes), shown  # each warning one line
     return saved, shown
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -33,7 +34,7 @@ def make_app(home, engine):
     """Build an app on the fake engine; keyword arguments go to Config."""
 
     def build(store: Store | None = None, warning: str | None = None, **config) -> SteerChatApp:
-        return SteerChatApp(
+        app = SteerChatApp(
             Config(**config),
             session_factory=engine.open_session,
             store=store,
@@ -41,8 +42,26 @@ def make_app(home, engine):
             config_file=home / "config" / "config.toml",
             export_dir=home / "exports",
         )
+        record_notes(app)
+        return app
 
     return build
+
+
+def record_notes(app: SteerChatApp) -> None:
+    """Keep every notification the app raises in `app.notes` (message, severity, markup).
+
+    Tests read these instead of the live toasts: a toast expires on its own clock, which a busy
+    machine can outrun before the test looks."""
+    app.notes = []
+    raise_note = app.notify
+
+    def notify(message, **kw):
+        app.notes.append(SimpleNamespace(message=message, severity=kw.get("severity", "information"),
+                                         markup=kw.get("markup", True)))
+        return raise_note(message, **kw)
+
+    app.notify = notify
 
 
 async def wait_for(pilot, condition, timeout: float = 5.0, what: str = "condition") -> None:

@@ -117,8 +117,8 @@ async def test_engine_exception_does_not_kill_the_app(make_app, engine):
         view = app.chat_screen.query_one(AssistantMessage)
         assert view.status == "error"
         # said in plain words with what to do next, without the exception's class name
-        assert any("Press Ctrl+R to try again" in n.message for n in app._notifications)
-        assert not any("RuntimeError" in n.message for n in app._notifications)
+        assert any("Press Ctrl+R to try again" in n.message for n in app.notes)
+        assert not any("RuntimeError" in n.message for n in app.notes)
         assert "RuntimeError" not in str(view.query_one(".header").render())
 
 

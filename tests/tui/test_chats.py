@@ -19,7 +19,7 @@ async def test_interrupted_reply_comes_back_marked(make_app, home):
     app = make_app(store=Store(home / "data" / "history.sqlite"))
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        assert any("saved as interrupted" in n.message for n in app._notifications)
+        assert any("saved as interrupted" in n.message for n in app.notes)
         await pilot.press("ctrl+o")
         await wait_for(pilot, lambda: isinstance(app.screen, ChatListScreen), what="chat list")
         assert "before the crash" in screen_text(app)
