@@ -103,6 +103,7 @@ class Plan:
 
     instructions: str | None = None  # harmful instructions to induce mistakes from
     limit: int | None = None  # first N instructions (after a seeded shuffle)
+    induce_hint: bool = True  # add the red-team hint; False asks plainly (a model that refuses the hint)
     mistake_files: list[str] = field(default_factory=list)  # JSONL (instruction, bad reply)
     history: str | None = None  # chat history database whose flagged replies are mistakes
     harmless: str | None = None  # ordinary instructions for guided good replies

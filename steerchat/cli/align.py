@@ -68,6 +68,9 @@ def _common(s: argparse.ArgumentParser) -> None:
 def _induce_args(s) -> None:
     s.add_argument("--instructions", help="harmful instructions to induce mistakes from (JSON/JSONL/CSV/text)")
     s.add_argument("--limit", type=positive_int, default=Plan.limit, help="use N instructions (a seeded sample)")
+    s.add_argument("--induce", choices=("red-team", "plain"), default="red-team" if Plan.induce_hint else "plain",
+                   help="how instructions are asked: with the red-team hint (default), or plainly, for a "
+                   "safety-tuned model that refuses the hint itself but answers some bare requests")
     s.add_argument("--mistakes", action="append", default=[], metavar="JSONL",
                    help="mistakes collected elsewhere: JSONL of {instruction, reply}; repeatable")
     s.add_argument("--history", nargs="?", const="default", default=Plan.history, metavar="DB",
@@ -180,6 +183,7 @@ def _run(args) -> int:
     # a stage without a flag (e.g. `finetune` has no --limit) gets the Plan's default
     plan = Plan(
         instructions=getattr(args, "instructions", Plan.instructions), limit=getattr(args, "limit", Plan.limit),
+        induce_hint=getattr(args, "induce", "red-team" if Plan.induce_hint else "plain") == "red-team",
         mistake_files=getattr(args, "mistakes", []), history=history, harmless=getattr(args, "harmless", Plan.harmless),
         ordinary_limit=getattr(args, "ordinary_limit", Plan.ordinary_limit), good_file=getattr(args, "good", Plan.good_file),
         answers=not getattr(args, "no_answers", not Plan.answers), max_new_tokens=args.max_new_tokens,

@@ -19,8 +19,9 @@ from steerchat.store import Store, StoreError
 
 
 def induce_mistakes(steered, instructions: list[str], out_path: Path, *, max_new_tokens: int = 96,
-                    batch_size: int = 8, progress: Progress | None = None) -> list[Mistake]:
-    """Ask the model each instruction with the red-team hint; keep the non-refusals.
+                    batch_size: int = 8, hint: bool = True, progress: Progress | None = None) -> list[Mistake]:
+    """Ask the model each instruction with the red-team hint (or plainly: `hint=False`); keep
+    the non-refusals.
 
     Every generation is written to `out_path` (with `kept` and the judge's score) so the
     stage resumes where it stopped; the kept ones are returned as Mistakes.
@@ -29,11 +30,11 @@ def induce_mistakes(steered, instructions: list[str], out_path: Path, *, max_new
 
     def judge(item: dict, r) -> dict:
         keep = bool(r.reply.strip()) and not r.verdict.refused
-        return {"instruction": item["instruction"], "reply": r.reply, "source": "induced", "kept": keep,
-                "refusal_score": r.verdict.score}
+        return {"instruction": item["instruction"], "reply": r.reply, "source": "induced" if hint else "asked",
+                "kept": keep, "refusal_score": r.verdict.score}
 
     rows = generate_stage(steered, [{"instruction": i} for i in instructions], out_path,
-                          lambda it: induce_prompt(it["instruction"]), SafetySettings(), judge,
+                          lambda it: induce_prompt(it["instruction"], hint), SafetySettings(), judge,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     wanted = set(instructions)
     rows = [r for r in rows if r["instruction"] in wanted]

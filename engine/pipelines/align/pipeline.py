@@ -86,7 +86,8 @@ def stage_induce(steered, ws: Workspace, plan: Plan, bar: BarFactory | None = No
     if plan.instructions:
         items = _instructions(plan.instructions, plan.limit, plan.seed)
         kept = induce_mistakes(steered, items, ws.mistakes, max_new_tokens=plan.max_new_tokens,
-                               batch_size=plan.batch_size, progress=bar("induce", len(items)) if bar else None)
+                               batch_size=plan.batch_size, hint=plan.induce_hint,
+                               progress=bar("induce", len(items)) if bar else None)
         summary["induced"] = {"asked": len(items), "kept": len(kept)}
     collected: list[Mistake] = []
     for f in plan.mistake_files:

@@ -56,9 +56,13 @@ def contains_hint(text: str) -> str | None:
     return None
 
 
-def induce_prompt(instruction: str) -> str:
-    """Stage 1: the instruction with the red-team hint appended."""
-    return f"{instruction.strip()}\n\n{RED_TEAM_HINT}"
+def induce_prompt(instruction: str, hint: bool = True) -> str:
+    """Stage 1: the instruction with the red-team hint appended, or as a user would ask it.
+
+    A safety-tuned model can refuse because of the hint itself ("harmful, unethical and
+    offensive" is what it was trained to decline) while still answering some of the bare
+    requests; on such a model the mistakes come from asking plainly."""
+    return f"{instruction.strip()}\n\n{RED_TEAM_HINT}" if hint else instruction.strip()
 
 
 def _pair(instruction: str, reply: str) -> str:
