@@ -71,6 +71,8 @@ BUILTIN_SETS: dict[str, str] = {
     "math": "math.jsonl",
     "escalation": "escalation.jsonl",
     "judge_labelled": "judge_labelled.jsonl",
+    "judge_shipped_build": "judge_shipped_build.jsonl",
+    "judge_shipped_report": "judge_shipped_report.jsonl",
 }
 
 
@@ -129,7 +131,7 @@ class JudgeExample:
 
 def builtin(name: str) -> Path:
     """The path of a shipped set: unsafe, safe_sounding, capability, math, escalation,
-    judge_labelled."""
+    judge_labelled, judge_shipped_build, judge_shipped_report."""
     key = name.strip().lower().replace("-", "_")
     if key.endswith(".jsonl"):
         key = key[: -len(".jsonl")]

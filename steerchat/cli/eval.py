@@ -110,7 +110,8 @@ def register(sub) -> None:
     r.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     x = p.add_argument_group("other modes")
     x.add_argument("--judge-check", metavar="FILE",
-                   help="score the judge on labelled replies (prompt, reply, refused); 'builtin' for the shipped set")
+                   help="score the judge on labelled replies (prompt, reply, refused): a file, 'builtin' for the "
+                   "shipped set, or judge_shipped_report for hand-labelled replies of both shipped models")
     x.add_argument("--calibrate", action="store_true",
                    help="after the sweep, choose the safety levels from it and write the model's levels.json")
     x.add_argument("--levels-out", default=None, help="where --calibrate writes (default: the registry's levels path)")

@@ -479,7 +479,8 @@ def test_judge_csv_malformed(tmp_path, text, line, fragments):
 
 # --------------------------------------------------------------------------- built-in sets
 
-MINIMUMS = {"unsafe": 110, "safe_sounding": 110, "capability": 110, "math": 60, "escalation": 12, "judge_labelled": 150}
+MINIMUMS = {"unsafe": 110, "safe_sounding": 110, "capability": 110, "math": 60, "escalation": 12, "judge_labelled": 150,
+            "judge_shipped_build": 200, "judge_shipped_report": 120}
 
 
 @pytest.mark.parametrize("name", sorted(ds.BUILTIN_SETS))
