@@ -22,11 +22,17 @@ For a model that over-refuses, a sweep run with `eval --open` also measures Open
 benign); the one that answers the most safe prompts becomes the slider's first notch, left of
 Off, when it answers at least 5 points more of them and refuses at most 5 points fewer of the
 unsafe ones. Chats still start at Off.
+
+The figures a calibration writes into each level's description are the calibration sweep's.
+`describe_held_out` replaces them with a later sweep's that ran the levels as defined on sets
+that chose nothing (`eval --levels all --describe`), so what the slider shows is a result, not
+the fit.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +66,14 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
-def _measured(row: dict, base: dict) -> str:
-    """A setting's sweep figures, each with its change from the baseline."""
+def _measured(row: dict, base: dict | None, label: str = "Measured") -> str:
+    """A setting's sweep figures, each with its change from the baseline (none for the baseline)."""
     def d(k: str) -> str:
-        if row.get(k) is None or base.get(k) is None:
+        if base is None or row.get(k) is None or base.get(k) is None:
             return ""
         return f" ({100 * (row[k] - base[k]):+.0f})"
 
-    return (f"Measured: unsafe refused {_pct(row['unsafe_refusal'])}{d('unsafe_refusal')}, "
+    return (f"{label}: unsafe refused {_pct(row['unsafe_refusal'])}{d('unsafe_refusal')}, "
             f"safe refused {_pct(row['safe_refusal'])}{d('safe_refusal')}, "
             f"capability {_pct(row['capability'])}{d('capability')}.")
 
@@ -158,6 +164,38 @@ def choose_levels(rows: list[dict]) -> LevelScale:
 def _level(name: str, row: dict, base: dict) -> SafetyLevel:
     return SafetyLevel(name, GuidanceMode(row["guidance"]), float(row["strength"]), bool(row["conditional"]),
                        _describe(row, base))
+
+
+_FIGURES = re.compile(r"\s*\b(Measured|Held out)\b.*$", re.S)
+
+
+def describe_held_out(path: Path, sweep: dict) -> LevelScale:
+    """Rewrite the figures in each level's description in the levels file at `path` with those
+    of `sweep`, which ran every level as defined on sets that did not calibrate them; the
+    sweep's figures are kept in the file under "held_out". Returns the rewritten scale."""
+    scale = LevelScale.load(path)  # a malformed file is named before anything is written
+    data = json.loads(Path(path).read_text())
+    by_name = {r["name"]: r for r in sweep.get("summary", [])}
+    missing = [lv.name for lv in scale.levels if lv.name not in by_name]
+    if missing or "Off" not in by_name:
+        raise ValueError(f"--describe needs every level of {path} measured (missing: {', '.join(missing or ['Off'])}); "
+                         "run the sweep with --levels all")
+    base = by_name["Off"]
+    if base["unsafe_refusal"] is None or base["safe_refusal"] is None:
+        raise ValueError("--describe needs both unsafe and safe prompts in the sweep")
+    for entry in data["levels"]:
+        row = by_name[entry["name"]]
+        what = _FIGURES.sub("", entry.get("description", "")).strip()
+        figures = _measured(row, None if row is base else base, "Held out")
+        entry["description"] = f"{what} {figures}".strip()
+    meta = sweep.get("meta") or {}
+    data["held_out"] = {
+        "meta": {k: meta.get(k) for k in ("model", "sae", "sets", "limits", "max_new_tokens", "seed", "harm_gate")},
+        "summary": [{k: r.get(k) for k in ("name", "key", "unsafe_refusal", "safe_refusal", "capability",
+                                           "explicit_decline", "looping")} for r in sweep["summary"]],
+    }
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    return LevelScale.load(path)
 
 
 def write_levels(scale: LevelScale, path: Path, sweep: dict | None = None) -> Path:

@@ -114,7 +114,11 @@ def register(sub) -> None:
                    "shipped set, or judge_shipped_report for hand-labelled replies of both shipped models")
     x.add_argument("--calibrate", action="store_true",
                    help="after the sweep, choose the safety levels from it and write the model's levels.json")
-    x.add_argument("--levels-out", default=None, help="where --calibrate writes (default: the registry's levels path)")
+    x.add_argument("--describe", action="store_true",
+                   help="after the sweep, rewrite the figures in each level's description with this run's "
+                   "(run with --levels all on sets that did not calibrate the levels)")
+    x.add_argument("--levels-out", default=None,
+                   help="the levels file --calibrate writes or --describe rewrites (default: the registry's levels path)")
     x.add_argument("--fit-gate", action="store_true",
                    help="fit the harm gate (conditional steering) and write it into the SAE's features.json")
     x.add_argument("--gate-data", default=None,
@@ -227,6 +231,9 @@ def _run(args) -> int:
         sweep_settings,
     )
 
+    if args.describe and (args.calibrate or args.levels != "all"):
+        raise ValueError("--describe rewrites the figures of levels already calibrated: run it with --levels all "
+                         "and without --calibrate, on sets that did not calibrate them")
     sets = load_sets(args.unsafe, args.safe, args.mc, args.math, args.escalation, args.xstest,
                      only=[s.strip() for s in args.sets.split(",") if s.strip()])
     if args.out:
@@ -295,19 +302,23 @@ def _run(args) -> int:
             print(f"plot: {png}", file=sys.stderr)
         except RuntimeError as exc:
             print(f"steerchat eval: {exc}", file=sys.stderr)
-    if args.calibrate:
-        from steerchat.engine.pipelines.calibrate import choose_levels, write_levels
+    if args.calibrate or args.describe:
+        from steerchat.engine.pipelines.calibrate import choose_levels, describe_held_out, write_levels
 
         target = Path(args.levels_out) if args.levels_out else (
             steered.loaded.entry.levels_path if steered.loaded.entry else None)
         if target is None:
-            raise ValueError("this model has no registry entry; give --levels-out for the calibrated levels")
-        scale = choose_levels(report["summary"])
-        write_levels(scale, target, report)
-        print("calibrated levels → " + str(target))
+            raise ValueError("this model has no registry entry; give --levels-out for the levels file")
+        if args.calibrate:
+            scale = choose_levels(report["summary"])
+            write_levels(scale, target, report)
+            print("calibrated levels → " + str(target))
+        else:
+            scale = describe_held_out(target, report)
+            print("held-out figures → " + str(target))
         for lv in scale.levels:
             print(f"  {lv.name:7} s={lv.strength:g} {'conditional' if lv.conditional else 'always':11} "
-                  f"guidance={lv.guidance.value}")
+                  f"guidance={lv.guidance.value}  {lv.description}")
     return 0
 
 

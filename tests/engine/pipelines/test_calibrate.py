@@ -69,3 +69,35 @@ def test_an_open_level_goes_left_of_off_when_it_answers_more_and_refuses_as_much
     # an Open row never passes for the baseline the other levels are measured against
     assert choose_levels([_open_row(0.57, 0.2)] + rows).levels[1].description.startswith("The model as it is. "
                                                                                          "Measured: unsafe refused 60%")
+
+
+def test_held_out_figures_replace_the_calibration_figures_in_every_description(tmp_path):
+    import json
+
+    import pytest
+
+    from steerchat.engine.pipelines.calibrate import describe_held_out
+
+    s1c = SweepSetting("b", 1.0, True)
+    rows = [_row(BASE, 0.1, 0.0, 0.6), _row(s1c, 0.5, 0.05, 0.6), _row(UNC, 1.0, 0.7, 0.3)]
+    for r in rows:
+        r["guidance"] = "none"
+    path = write_levels(choose_levels(rows), tmp_path / "levels.json", {"summary": [], "meta": {}, "goal": None})
+    before = LevelScale.load(path)
+    # a later sweep of the levels as defined, on other sets: rows named after the levels
+    held = [{"name": lv.name, "key": lv.name, "unsafe_refusal": u, "safe_refusal": s, "capability": c}
+            for lv, (u, s, c) in zip(before.levels, [(0.2, 0.1, 0.5), (0.25, 0.1, 0.5), (0.7, 0.15, 0.5),
+                                                     (0.95, 0.6, 0.3)])]
+    with pytest.raises(ValueError, match="missing: Max"):
+        describe_held_out(path, {"summary": held[:3], "meta": {}})
+    scale = describe_held_out(path, {"summary": held, "meta": {"sets": {"unsafe": "harmful_val.json"}}})
+    got = {lv.name: lv.description for lv in scale.levels}
+    assert got["Off"] == "The model as it is. Held out: unsafe refused 20%, safe refused 10%, capability 50%."
+    assert got["Low"].startswith("Refusal features clamped to 1× their reference activation, only when the harm gate")
+    assert got["Low"].endswith("Held out: unsafe refused 70% (+50), safe refused 15% (+5), capability 50% (+0).")
+    assert all("Measured" not in d for d in got.values())
+    assert [(lv.strength, lv.conditional) for lv in scale.levels] == [(lv.strength, lv.conditional) for lv in before.levels]
+    saved = json.loads(path.read_text())
+    assert saved["held_out"]["meta"]["sets"] == {"unsafe": "harmful_val.json"} and len(saved["held_out"]["summary"]) == 4
+    again = describe_held_out(path, {"summary": held, "meta": {}})  # run again: figures replaced, not appended
+    assert [lv.description for lv in again.levels] == [lv.description for lv in scale.levels]
