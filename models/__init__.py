@@ -23,6 +23,9 @@ class ModelEntry:
     source: str
     quant: str = "none"
     cpu_dtype: str = "float32"
+    # weight format for one chat's decoding on the CPU: "int8" (weight-only int8 linear layers over
+    # cpu_dtype activations, engine/runtime/weights.py) or "none"; batched pipelines load dense weights
+    cpu_quant: str = "none"
     hook_layer: int = 0
     sae: str = ""
     features: str = ""

@@ -33,7 +33,8 @@ from steerchat.engine.runtime.gguf_parts import assemble as assemble_parts
 from steerchat.engine.runtime.gguf_parts import is_parts_source
 from steerchat.models import STARTER, ModelEntry, get_entry
 
-QUANT_CHOICES = ("auto", "4bit", "8bit", "none")
+# 4bit/8bit: bitsandbytes (for CUDA); int8: steerchat's weight-only int8 for CPU decoding
+QUANT_CHOICES = ("auto", "4bit", "8bit", "int8", "none")
 CACHE_FORMAT = 1  # bump when the converted-cache layout changes
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -342,8 +343,11 @@ def _quant_config(quant: str, device: torch.device):
 
 
 def load_model(spec: str, quant: str = "auto", device: str = "auto", dtype: str | None = None,
-               progress: ProgressCallback | None = None) -> LoadedModel:
-    """Load a model and its tokenizer, ready to generate. Errors are EngineErrors with one sentence."""
+               progress: ProgressCallback | None = None, single_stream: bool = False) -> LoadedModel:
+    """Load a model and its tokenizer, ready to generate. Errors are EngineErrors with one sentence.
+
+    `single_stream`: the model will decode one reply at a time (a chat, `ask`), so on the CPU
+    `quant="auto"` takes the registry's `cpu_quant` (int8 weights); batched work keeps dense ones."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if quant not in QUANT_CHOICES:
@@ -373,17 +377,25 @@ def load_model(spec: str, quant: str = "auto", device: str = "auto", dtype: str 
     else:
         folder = _download_with_progress(source, progress)
 
-    if quant == "auto":
+    int8 = quant == "int8" or (quant == "auto" and single_stream and dev.type == "cpu"
+                               and entry is not None and entry.cpu_quant == "int8")
+    if int8 and dev.type != "cpu":
+        raise EngineError("--quant int8 is steerchat's weight format for CPU decoding; on CUDA use 8bit (bitsandbytes)")
+    if int8:
+        quant = "none"  # dense load, then the linear layers are replaced
+    elif quant == "auto":
         quant = (entry.quant if entry else "none") if dev.type == "cuda" else "none"
     if dtype is None:
         if dev.type == "cuda":
             dtype = "bfloat16"
         else:
             dtype = entry.cpu_dtype if entry else "float32"
+    if int8 and dtype == "float32":
+        dtype = "bfloat16"  # the packed int8 kernel is fast with 16-bit activations only
     torch_dtype = _DTYPES[dtype]
     qcfg = _quant_config(quant, dev)
     _emit(progress, "quantise" if qcfg else "load",
-          f"Loading {name}" + (f" ({quant}, bitsandbytes)" if qcfg else f" ({dtype})"))
+          f"Loading {name}" + (f" ({quant}, bitsandbytes)" if qcfg else f" ({dtype}{', int8 weights' if int8 else ''})"))
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
@@ -416,6 +428,11 @@ def load_model(spec: str, quant: str = "auto", device: str = "auto", dtype: str 
         tokenizer, model = _load()
     if qcfg is None:
         model.to(dev)
+    if int8:
+        from steerchat.engine.runtime.weights import quantize_int8_weights
+
+        quantize_int8_weights(model)
+        quant = "int8"
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

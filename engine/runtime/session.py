@@ -277,5 +277,6 @@ def open_session(
     device: str = "auto", dtype: str | None = None,
 ) -> Session:
     """Load a model (and its SAE, features and calibrated levels) and start a session."""
-    steered = open_steered(model, sae=sae, adapter=adapter, quant=quant, device=device, dtype=dtype, progress=progress)
+    steered = open_steered(model, sae=sae, adapter=adapter, quant=quant, device=device, dtype=dtype, progress=progress,
+                           single_stream=True)
     return Session(steered, level, system, sampling)

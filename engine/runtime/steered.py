@@ -279,9 +279,13 @@ def load_sae_for(loaded: LoadedModel, folder: Path, progress: ProgressCallback |
 
 def open_steered(model: str = "phi-3-mini", *, sae: str | None = "auto", adapter: str | None = None,
                  quant: str = "auto", device: str = "auto", dtype: str | None = None,
-                 progress: ProgressCallback | None = None) -> SteeredModel:
-    """Load a model with its adapter, SAE, features and calibrated levels."""
-    loaded = load_model(model, quant=quant, device=device, dtype=dtype, progress=progress)
+                 progress: ProgressCallback | None = None, single_stream: bool = False) -> SteeredModel:
+    """Load a model with its adapter, SAE, features and calibrated levels. `single_stream`: it
+    will decode one reply at a time (the chat), so the CPU may take int8 weights (load_model)."""
+    if adapter and quant == "int8":
+        raise EngineError("a LoRA adapter needs dense weights: leave out --quant int8 to use --adapter")
+    loaded = load_model(model, quant=quant, device=device, dtype=dtype, progress=progress,
+                        single_stream=single_stream and not adapter)
     adapter_name = None
     if adapter:
         loaded.model, adapter_name = attach_adapter(loaded.model, adapter)

@@ -51,12 +51,14 @@ def add_chat_arguments(parser: argparse.ArgumentParser, sub: bool = False) -> No
     parser.add_argument("--sae", help="SAE folder (SAELens layout); 'none' for no SAE; default: the model's shipped SAE", **kw)
     parser.add_argument("--sae-layer", type=int, metavar="N", help="decoder layer whose output the SAE reads, "
                         "for an SAE whose config names no layer (overrides the config)", **kw)
-    parser.add_argument("--level", "-l", help="safety level: Off, Guided, Low, Medium, High, Max", **kw)
+    parser.add_argument("--level", "-l", help="safety level, one of the model's (e.g. Open, Off, Guided, Low, Medium, "
+                        "Max; the slider shows them)", **kw)
     parser.add_argument("--system", "-s", help="system prompt", **kw)
     parser.add_argument("--adapter", help="LoRA adapter folder from `steerchat align`", **kw)
-    parser.add_argument("--quant", choices=("auto", "4bit", "8bit", "none"), **(kw or {"default": None}),
-                        help="quantisation (default auto: 4-bit NF4 on CUDA where the registry says so, "
-                        "plain weights on the CPU)")
+    parser.add_argument("--quant", choices=("auto", "4bit", "8bit", "int8", "none"), **(kw or {"default": None}),
+                        help="quantisation (default auto: 4-bit NF4 on CUDA where the registry says so; on the "
+                        "CPU int8 weights where the registry measured them faster, else plain weights). "
+                        "4bit/8bit: bitsandbytes; int8: weight-only int8 linear layers for CPU decoding")
 
 
 def open_engine_session(model: str, **kwargs):
