@@ -301,9 +301,14 @@ def convert_gguf(gguf: Path, progress: ProgressCallback | None = None, force: bo
 
 
 def _finite(model) -> bool:
-    """Whether every floating-point weight is finite (quantised ones are not checked)."""
+    """Whether every floating-point weight is finite (quantised ones are not checked).
+
+    One float32 sum per tensor: a NaN or an infinity anywhere makes the sum non-finite, and real
+    weights are far too small to overflow it. Six times faster than isfinite() on every element,
+    which took 1.9 of Qwen2.5-0.5B's 3.3 s warm load."""
     with torch.no_grad():
-        return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+        return all(bool(torch.isfinite(torch.sum(p, dtype=torch.float32)))
+                   for p in model.parameters() if p.is_floating_point())
 
 
 def resolve(spec: str) -> tuple[str, str, ModelEntry | None]:

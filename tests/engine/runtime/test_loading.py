@@ -106,3 +106,17 @@ def test_starter_converts_once_and_detects_a_corrupt_cache():
     ids = torch.tensor([again.tokenizer.encode("The capital of France is")])
     out = again.model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in again.tokenizer.decode(out[0, ids.shape[1]:])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_a_weight_that_is_not_finite_anywhere_is_found(bad):
+    from steerchat.engine.runtime.loading import _finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)).to(torch.bfloat16)
+    with torch.no_grad():
+        if bad is None:  # +inf and -inf in one tensor: their sum is NaN, still caught
+            model[1].weight[0, 0], model[1].weight[3, 7] = float("inf"), float("-inf")
+        else:
+            model[1].weight[2, 5] = bad
+    assert not _finite(model)
+    assert _finite(torch.nn.Linear(8, 8).to(torch.bfloat16))
