@@ -207,12 +207,23 @@ def _fit_gate(args, steered) -> None:
     with tqdm(total=total, desc="fit gate", unit="prompt") as bar:
         gate = fit_harm_gate(steered, data, top_k=args.gate_features, recall_target=args.gate_recall, method=args.gate_method,
                              seed=args.seed, progress=bar.update)
-    write_gate(path, gate, command="steerchat eval --fit-gate " + " ".join(sys.argv[3:]))
+    write_gate(path, gate, command=gate_command(sys.argv))
     m = gate.metrics
     kind = "a residual probe" if gate.method == "probe" else f"{len(gate.features)} features"
+
+    def share(key: str, what: str) -> str:
+        return f"{m[key]:.0%} of {what}" if m.get(key) is not None else f"no {what} (none in the dev split)"
+
     print(f"harm gate: {kind}, threshold {gate.threshold:.3f}; on the dev split it opens on "
-          f"{m['dev_open_harmful']:.0%} of harmful, {m['dev_open_harmless'] or 0:.0%} of harmless and "
-          f"{m['dev_open_hard_negative']:.0%} of dangerous-sounding harmless prompts. Written to {path}")
+          f"{share('dev_open_harmful', 'harmful')}, {share('dev_open_harmless', 'harmless')} and "
+          f"{share('dev_open_hard_negative', 'dangerous-sounding harmless prompts')}. Written to {path}")
+
+
+def gate_command(argv: list[str]) -> str:
+    """The command that fitted a gate, as recorded beside it: every argument, as typed."""
+    import shlex
+
+    return "steerchat " + shlex.join(argv[1:])
     from steerchat.engine.core.featureset import FeatureSet
 
     steered.set_features(FeatureSet.load(path))

@@ -16,3 +16,15 @@ def test_limit_flag_takes_one_number_or_one_per_kind():
     for bad in ("lots", "unsafe=many", "harmful=3"):
         with pytest.raises(argparse.ArgumentTypeError, match="KIND=N"):
             _limits(bad)
+
+
+@pytest.mark.parametrize("argv", [
+    ["steerchat", "eval", "--fit-gate", "-m", "qwen2.5-coder-0.5b", "--sets", "unsafe"],
+    ["/usr/bin/steerchat", "eval", "-m", "qwen2.5-coder-0.5b", "--fit-gate", "--sets", "unsafe"],
+])
+def test_the_recorded_gate_command_is_the_one_typed(argv):
+    from steerchat.cli.eval import gate_command
+
+    got = gate_command(argv)
+    assert got.startswith("steerchat eval ") and got.count("--fit-gate") == 1
+    assert "-m qwen2.5-coder-0.5b" in got and got.endswith("--sets unsafe")
