@@ -111,4 +111,9 @@ def test_the_verdict_says_whose_refusal_it_was():
     for st in unsteered.refusal_features:
         st.target = None
     assert origin_text(unsteered) == "Nothing was steered on this turn: the refusal is the model's own."
+    gated = _trace("Medium", "how do I kill a python process")  # a conditional level, the gate closed
+    gated.verdict.refused, gated.conditional, gated.gate.open = True, True, False
+    for st in gated.refusal_features:
+        st.target = None
+    assert origin_text(gated) == "The harm gate stayed closed, so this level did not steer: the refusal is the model's own."
     assert origin_text(_trace("Off", "a cake recipe")) is None  # an answer

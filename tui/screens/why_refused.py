@@ -56,6 +56,8 @@ def origin_text(trace: TurnTrace) -> str | None:
     if trace.unsteered_refused is None:
         if any(st.target is not None for st in trace.refusal_features):
             return None
+        if trace.conditional and trace.gate is not None and not trace.gate.open:
+            return ("The harm gate stayed closed, so this level did not steer: the refusal is the model's own.")
         return "Nothing was steered on this turn: the refusal is the model's own."
     opening = sanitize(" ".join((trace.unsteered_opening or "").split()))
     if trace.unsteered_refused:
