@@ -1,14 +1,18 @@
-"""Does a weight format keep what steerchat measured? Dense weights against `--quant int8`, paired.
+"""Does a weight format keep what steerchat measured? Weight formats side by side, paired.
 
 For each format the model is opened as the chat opens it, and every prompt is sent through a
 real chat turn (`Session.send`: greedy, the shipped SAE hook, the loop guard) at each level
 asked for. Printed per format and level: unsafe and safe prompts refused (the project's judge),
-how many replies are word for word the dense format's, and how many verdicts agree with it;
+how many replies are word for word the first format's, and how many verdicts agree with it;
 per format: the SAE's explained variance and L0 on the hook layer's residuals over the same
 chat-formatted prompts, and decoding tokens/s (the formats alternate prompt by prompt, so a
 change in the machine's load hits both alike).
 
-    python bench/format_check.py --model qwen2.5-coder-0.5b [--levels Off,Max] [--n 20] [--json out.json]
+    python bench/format_check.py --model qwen2.5-coder-0.5b [--formats bfloat16,int8,float32] \
+        [--levels Off,Max] [--n 20] [--json out.json]
+
+Formats: float32 or bfloat16 (dense weights in that dtype), int8 (`--quant int8`: int8 weights
+over bfloat16 activations, as the chat loads them). The first is the reference.
 
 Prompts: the held-out splits of the project's gate data (mild harmful requests, and benign ones
 that sound harmful); neither chose the weight format or anything else.
@@ -62,6 +66,7 @@ def sae_quality(steered, texts: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--formats", default="bfloat16,int8")
     ap.add_argument("--levels", default="Off,Max")
     ap.add_argument("--n", type=int, default=20, help="prompts of each kind")
     ap.add_argument("--max-tokens", type=int, default=48)
@@ -74,8 +79,9 @@ def main() -> None:
     from steerchat.engine.runtime.session import Session
     from steerchat.engine.runtime.steered import open_steered
 
-    formats = {"dense": open_steered(args.model, quant="none"),
-               "int8": open_steered(args.model, quant="int8", single_stream=True)}
+    formats = {f: open_steered(args.model, quant="int8", single_stream=True) if f == "int8"
+               else open_steered(args.model, quant="none", dtype=f) for f in args.formats.split(",")}
+    reference = next(iter(formats))
     for name, s in formats.items():
         print(f"{name}: {s.loaded.dtype}, quant {s.loaded.quant}")
     items = prompts(args.n)
@@ -94,9 +100,9 @@ def main() -> None:
                 replies[(f, lv)].append((kind, trace.reply, bool(trace.verdict and trace.verdict.refused)))
     report: dict = {"model": args.model, "prompts": len(items), "levels": {}, "formats": {}}
     print(f"\n{args.model}: {len(items)} held-out prompts, {args.max_tokens}-token greedy chat turns")
-    print(f"{'format':7} {'level':7} {'unsafe refused':15} {'safe refused':13} {'same reply':11} {'same verdict':12}")
+    print(f"{'format':9} {'level':7} {'unsafe refused':15} {'safe refused':13} {'same reply':11} {'same verdict':12}")
     for lv in levels:
-        dense = replies[("dense", lv)]
+        dense = replies[(reference, lv)]
         for f in formats:
             rows = replies[(f, lv)]
             unsafe = [r for k, _, r in rows if k == "unsafe"]
@@ -106,7 +112,7 @@ def main() -> None:
             fig = {"unsafe_refused": sum(unsafe) / max(1, len(unsafe)), "safe_refused": sum(safe) / max(1, len(safe)),
                    "same_reply": same / len(rows), "same_verdict": agree / len(rows)}
             report["levels"][f"{f} {lv}"] = fig
-            print(f"{f:7} {lv:7} {sum(unsafe):3}/{len(unsafe):<11} {sum(safe):3}/{len(safe):<9} "
+            print(f"{f:9} {lv:7} {sum(unsafe):3}/{len(unsafe):<11} {sum(safe):3}/{len(safe):<9} "
                   f"{same:3}/{len(rows):<7} {agree:3}/{len(rows)}")
     texts = [t for _, t in items]
     for f, steered in formats.items():
