@@ -18,7 +18,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steerchat.cli.checks import fraction, nonneg_int, output_folder, positive_float, positive_int, seed
+from steerchat.cli.checks import (
+    apply_threads_arg,
+    fraction,
+    nonneg_int,
+    output_folder,
+    positive_float,
+    positive_int,
+    seed,
+    threads_arg,
+)
 from steerchat.engine.core.config import FinetuneConfig, Plan
 
 ALIGN_STAGES = ("induce", "analyse", "dataset", "finetune", "run")
@@ -60,9 +69,7 @@ def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-new-tokens", type=positive_int, default=Plan.max_new_tokens,
                    help=f"longest generated reply (default {Plan.max_new_tokens})")
     s.add_argument("--seed", type=seed, default=Plan.seed, help="seed for choosing items and shuffling (decoding is greedy)")
-    s.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads for torch (default: the cores idle when the run starts; a core busy with "
-                   "other work would stall every step)")
+    threads_arg(s)
 
 
 def _induce_args(s) -> None:
@@ -192,9 +199,7 @@ def _run(args) -> int:
     if stage in ("induce", "run") and not (plan.instructions or plan.mistake_files or plan.history):
         print("steerchat: align: give --instructions, --mistakes or --history", file=sys.stderr)
         return 2
-    from steerchat.engine.runtime.threads import apply_threads
-
-    apply_threads(args.threads)  # default: the cores idle now (a busy core would stall every step)
+    apply_threads_arg(args)  # default: the cores idle now (a busy core would stall every step)
     _read_inputs(args, plan, stage)
     print(f"steerchat align: loading {model}", file=sys.stderr)
     # Plain model: mistakes and analyses come from the model as it is, without the SAE.

@@ -221,3 +221,19 @@ def visible(text: str) -> str:
     from steerchat.tui.sanitize import sanitize
 
     return sanitize(text)
+
+
+def threads_arg(parser) -> None:
+    """--threads, as every command that runs the model on the CPU takes it (applied with
+    engine.runtime.threads.apply_threads when the work starts)."""
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for torch (default: the cores idle when the run starts; a core busy "
+                        "with other work would stall every step)")
+
+
+def apply_threads_arg(args) -> int:
+    """Give torch the --threads asked for, else the cores idle now; returns the count."""
+    from steerchat.engine.runtime.threads import apply_threads
+
+    return apply_threads(getattr(args, "threads", None))
+

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from steerchat.cli.checks import (
+    apply_threads_arg,
     finite_float,
     float_list,
     int_list,
@@ -22,6 +23,7 @@ from steerchat.cli.checks import (
     positive_int,
     probability,
     seed,
+    threads_arg,
 )
 from steerchat.engine.core.config import SweepConfig
 
@@ -99,9 +101,7 @@ def register(sub) -> None:
                    help="reply length for refusal and escalation sets")
     r.add_argument("--math-tokens", type=positive_int, default=SWEEP.math_tokens, help="reply length for maths problems")
     r.add_argument("--batch-size", type=positive_int, default=SWEEP.batch_size, help="prompts generated together")
-    r.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads for torch (default: the cores idle when the run starts; a core busy with "
-                   "other work would stall every step)")
+    threads_arg(r)
     r.add_argument("--seed", type=seed, default=0, help="seed for choosing items (decoding is greedy)")
     r.add_argument("--judge", default=None, metavar="MODEL",
                    help="a second judge: a chat model asked whether each reply refused (yes/no log-odds)")
@@ -217,6 +217,9 @@ def _fit_gate(args, steered) -> None:
     print(f"harm gate: {kind}, threshold {gate.threshold:.3f}; on the dev split it opens on "
           f"{share('dev_open_harmful', 'harmful')}, {share('dev_open_harmless', 'harmless')} and "
           f"{share('dev_open_hard_negative', 'dangerous-sounding harmless prompts')}. Written to {path}")
+    from steerchat.engine.core.featureset import FeatureSet
+
+    steered.set_features(FeatureSet.load(path))
 
 
 def gate_command(argv: list[str]) -> str:
@@ -224,9 +227,6 @@ def gate_command(argv: list[str]) -> str:
     import shlex
 
     return "steerchat " + shlex.join(argv[1:])
-    from steerchat.engine.core.featureset import FeatureSet
-
-    steered.set_features(FeatureSet.load(path))
 
 
 def _run(args) -> int:
@@ -251,9 +251,7 @@ def _run(args) -> int:
         output_folder(args.out, "--out")
     if args.levels_out:
         output_file(args.levels_out, "--levels-out")
-    from steerchat.engine.runtime.threads import apply_threads
-
-    apply_threads(args.threads)  # default: the cores idle now (a busy core would stall every step)
+    apply_threads_arg(args)  # default: the cores idle now (a busy core would stall every step)
     limits = {**DEFAULT_LIMITS, **(args.limit or {})}
     sets = [subsample(s, limits[s.kind], args.seed) for s in sets]
     steered = _open(args)

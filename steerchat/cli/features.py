@@ -10,6 +10,7 @@ import sys
 import time
 
 from steerchat.cli.checks import (
+    apply_threads_arg,
     finite_float,
     int_list,
     nonneg_float,
@@ -17,6 +18,7 @@ from steerchat.cli.checks import (
     output_folder,
     percentile,
     positive_int,
+    threads_arg,
 )
 from steerchat.engine.core.config import FindConfig
 
@@ -64,6 +66,7 @@ def register(sub) -> None:
                    "redo only the combination")
     f.add_argument("--out", help="folder for features.json (default: the SAE folder's parent if it is called 'sae', "
                    "else the SAE folder)")
+    threads_arg(f)
     f.set_defaults(run=run_find)
 
     lab = fs.add_parser("label", help="label the most active features from their top-activating contexts",
@@ -77,6 +80,7 @@ def register(sub) -> None:
     lab.add_argument("--top", type=_top, default=1000,
                      help="how many features to label, or 'all' (1000; a count >= the SAE's width also labels all)")
     lab.add_argument("--out", help="folder for labels.json (default as for find-refusal)")
+    threads_arg(lab)
     lab.set_defaults(run=run_label)
 
     sw = fs.add_parser("sweep", help="refusal rates on harmful and harmless prompts at several strengths",
@@ -92,6 +96,7 @@ def register(sub) -> None:
     sw.add_argument("--max-new-tokens", type=positive_int, default=24)
     sw.add_argument("--batch-size", type=positive_int, default=32)
     sw.add_argument("--json", help="also write the rows to this JSON file")
+    threads_arg(sw)
     sw.set_defaults(run=run_features_sweep)
 
 
@@ -168,6 +173,7 @@ def run_find(args: argparse.Namespace) -> int:
         write_features,
     )
 
+    apply_threads_arg(args)  # the cores idle now: a busy core would stall every step
     try:
         if args.out:
             output_folder(args.out, "--out")
@@ -229,6 +235,7 @@ def run_label(args: argparse.Namespace) -> int:
     from steerchat.engine.runtime.loading import load_model
     from steerchat.engine.runtime.sae import SAE
 
+    apply_threads_arg(args)  # the cores idle now: a busy core would stall every step
     try:
         if args.out:
             output_folder(args.out, "--out")
@@ -261,6 +268,7 @@ def run_features_sweep(args: argparse.Namespace) -> int:
     from steerchat.engine.core.featureset import FeatureSet
     from steerchat.engine.pipelines.refusal_features import sweep
 
+    apply_threads_arg(args)  # the cores idle now: a busy core would stall every step
     try:
         if args.json:
             output_file(args.json, "--json")

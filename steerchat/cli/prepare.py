@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steerchat.cli.checks import device, nonneg_int, positive_float, positive_int, seed
+from steerchat.cli.checks import apply_threads_arg, device, nonneg_int, positive_float, positive_int, seed, threads_arg
 
 
 def register(sub) -> None:
@@ -32,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--eval-limit", type=positive_int, default=40, help="prompts per set in the calibration sweep")
     p.add_argument("--no-published", action="store_true", help="train an SAE even where a published one exists")
     p.add_argument("--seed", type=seed, default=0)
+    threads_arg(p)
     p.set_defaults(run=run)
 
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_plan(cfg, plan(cfg)))
         if args.plan:
             return 0
+        apply_threads_arg(args)  # the cores idle now: a busy core would stall every step
         prepare(cfg, say=lambda line: print(line, file=sys.stderr, flush=True))
     except EngineError as exc:
         print(f"steerchat: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ import time
 
 from steerchat.cli.checks import (
     CLIError,
+    apply_threads_arg,
     device,
     fraction,
     nonneg_float,
@@ -22,6 +23,7 @@ from steerchat.cli.checks import (
     positive_float,
     positive_int,
     seed,
+    threads_arg,
 )
 from steerchat.engine.core.config import CollectConfig, TrainConfig
 
@@ -74,6 +76,7 @@ def register(sub) -> None:
     c.add_argument("--out", required=True, help="folder for the shards and manifest.json")
     c.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     _add_sources(c)
+    threads_arg(c)
     c.set_defaults(run=run_collect)
 
     t = sae_sub.add_parser("train", help="train a Top-k SAE on collected activations",
@@ -109,6 +112,7 @@ def register(sub) -> None:
     t.add_argument("--seed", type=seed, default=TrainConfig.seed)
     t.add_argument("--save-dtype", choices=("float16", "float32"), default="float16")
     _add_sources(t)
+    threads_arg(t)
     t.set_defaults(run=run_train)
 
 
@@ -194,6 +198,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
     from steerchat.engine.core.api import EngineError
 
+    apply_threads_arg(args)  # the cores idle now: a busy core would stall every step
     try:
         cfg = _collect_config(args, args.model, args.layer, {})
         if not cfg.sources:
@@ -222,6 +227,7 @@ def run_train(args: argparse.Namespace) -> int:
     preset = PRESETS.get(args.preset, {}) if args.preset else {}
     model = args.model or preset.get("model", "smollm2-135m")
     device = args.device or preset.get("device", "auto")
+    apply_threads_arg(args)  # the cores idle now: a busy core would stall every step
     try:
         if device.startswith("cuda"):
             import torch

@@ -272,3 +272,24 @@ def test_the_command_line_modules_and_their_help_do_not_import_torch(tmp_path):
             "    assert 'torch' not in sys.modules, argv\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["sae", "collect", "--out", "x"], ["sae", "train", "--activations", "a", "--out", "x"],
+    ["features", "find-refusal", "--sae", "s", "--harmful", "h", "--val-harmful", "v", "--val-harmless", "w"],
+    ["features", "label", "--sae", "s", "--activations", "a"],
+    ["features", "sweep", "--sae", "s", "--harmful", "h", "--harmless", "w"], ["prepare", "m"],
+    ["eval"], ["align", "run"],
+])
+def test_every_command_that_runs_the_model_takes_threads(argv, monkeypatch):
+    """--threads N is given to torch; without it, the cores idle when the run starts."""
+    from steerchat.cli.checks import apply_threads_arg
+
+    assert _parse(argv).threads is None
+    args = _parse([*argv, "--threads", "3"])
+    assert args.threads == 3
+    seen = []
+    monkeypatch.setattr("steerchat.engine.runtime.threads.apply_threads", lambda n=None: seen.append(n) or 3)
+    assert apply_threads_arg(args) == 3 and seen == [3]
+    with pytest.raises(SystemExit):
+        _parse([*argv, "--threads", "0"])
