@@ -25,6 +25,7 @@ from torch import nn
 PACKED_MAX_ROWS = 2
 # the packed kernel is fast for 16-bit activations; with float32 ones it was 5x slower than dense
 _PACKED_DTYPES = (torch.bfloat16, torch.float16)
+_ROWS_PER_BLOCK = 4096
 
 
 class Int8Linear(nn.Module):
@@ -32,9 +33,16 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
         super().__init__()
-        w = weight.detach().to(torch.float32)
-        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
-        self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous())
+        out_features = weight.shape[0]
+        qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+        scale = torch.empty(out_features, dtype=torch.float32, device=weight.device)
+        # a block of rows at a time: a float32 copy of a whole vocabulary-sized head is ~0.5 GB
+        for start in range(0, out_features, _ROWS_PER_BLOCK):
+            w = weight[start:start + _ROWS_PER_BLOCK].detach().to(torch.float32)
+            s = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
+            qweight[start:start + _ROWS_PER_BLOCK] = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
+            scale[start:start + _ROWS_PER_BLOCK] = s
+        self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale.to(dtype))
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
         self.out_features, self.in_features = weight.shape

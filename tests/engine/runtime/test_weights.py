@@ -95,3 +95,13 @@ def test_the_hook_on_an_int8_model_is_exact(tiny_model_dir):
     expected = original.float() + (targets - acts) @ sae.W_dec[features].float()
     assert torch.allclose(steered.float(), expected, atol=0.05)  # bfloat16 residual: its rounding only
     assert not torch.equal(steered, original)
+
+
+def test_quantising_in_blocks_of_rows_gives_the_same_weights(monkeypatch):
+    import steerchat.engine.runtime.weights as weights
+
+    dense = nn.Linear(32, 50).to(torch.bfloat16)
+    whole = Int8Linear.from_linear(dense)
+    monkeypatch.setattr(weights, "_ROWS_PER_BLOCK", 7)  # 50 rows: seven full blocks and one of 1
+    blocks = Int8Linear.from_linear(dense)
+    assert torch.equal(whole.qweight, blocks.qweight) and torch.equal(whole.scale, blocks.scale)
