@@ -87,8 +87,8 @@ async def test_offline_screen_lists_both_offline_models_with_size_and_speed(make
         starter = str(app.screen.query_one("#starter").label)
         qwen = app.screen.query_one("#use-qwen2_5-coder-0_5b")
         assert qwen.display and app.screen.query_one("#starter").display
-        assert "smollm2-135m (98 MB, ~14 tok/s)" in starter
-        assert "qwen2.5-coder-0.5b (491 MB, ~8 tok/s)" in str(qwen.label)
+        assert "smollm2-135m (98 MB, ~44 tok/s)" in starter
+        assert "qwen2.5-coder-0.5b (491 MB, ~20 tok/s)" in str(qwen.label)
 
 
 async def test_choosing_qwen_on_the_offline_screen_opens_it(make_app, engine):
