@@ -13,7 +13,9 @@ the SAE hook reads stay in the model's dtype: only the matrix products change.
 So the format is for chat-like use; batched pipelines (eval, align, sae) load dense weights.
 Quality: per-row absmax scaling of weights only, no activation quantisation (torch's dynamic
 int8 quantises activations too and turned Qwen2.5-Coder's refusal of a pipe-bomb request into
-instructions; this format left the greedy replies measured unchanged, see README).
+instructions). With this format the judge's verdicts agreed with dense weights on 79 of 80
+(starter) and 78 of 80 (Qwen) held-out chat turns and the SAE's explained variance did not move
+(`bench/format_check.py`, README).
 """
 
 from __future__ import annotations
