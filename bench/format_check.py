@@ -42,19 +42,14 @@ def prompts(n: int) -> list[tuple[str, str]]:
 def sae_quality(steered, texts: list[str]) -> dict:
     """Explained variance and L0 of the SAE on the hook layer's output over `texts` (chat-formatted
     user turns; the first position, an attention sink, is left out)."""
-    from steerchat.engine.runtime.layers import decoder_layer
+    from steerchat.engine.runtime.layers import run_to_layer
 
     sae, layer = steered.sae, steered.sae.cfg.hook_layer
     seen = []
-    handle = decoder_layer(steered.loaded.model, layer).register_forward_hook(
-        lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out)[0, 1:].float()))
-    try:
-        for t in texts:
-            ids = steered.loaded.tokenizer(steered.render([{"role": "user", "content": t}]), return_tensors="pt",
-                                           add_special_tokens=False).input_ids
-            steered.loaded.model(ids)
-    finally:
-        handle.remove()
+    for t in texts:
+        ids = steered.loaded.tokenizer(steered.render([{"role": "user", "content": t}]), return_tensors="pt",
+                                       add_special_tokens=False).input_ids
+        seen.append(run_to_layer(steered.loaded.model, layer, ids)[0, 1:].float())
     x = torch.cat(seen)
     f = sae.encode(x.to(sae.W_dec.dtype)).float()
     x_hat = sae.decode(f.to(sae.W_dec.dtype)).float()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 
@@ -27,6 +26,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from steerchat.engine.core.datasets import builtin, load_prompts
+    from steerchat.engine.pipelines.evaluate import load_sets, subsample
     from steerchat.engine.pipelines.harm_gate import GATE_DATA, read_split, split_shared
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -42,8 +42,10 @@ def main() -> None:
     dump("benign_heldout.json", edgy["heldout"] + scary)
     dump("mild_harmful_heldout.json", read_split(GATE_DATA / "mild_harmful.jsonl", "heldout"))
     rows = builtin("capability").read_text().splitlines()
-    calibrated = set(random.Random("0:mc").sample(range(len(rows)), 40))  # evaluate.subsample(seed 0, limit 40)
-    kept = [r for i, r in enumerate(rows) if i not in calibrated]
+    (mc,) = load_sets(only=["mc"])
+    assert len(mc.items) == len(rows), "the built-in MC file has one question a line"
+    calibrated = set(subsample(mc, 40, 0).ids)  # the calibration sweep's sample (seed 0, limit 40)
+    kept = [r for r, item_id in zip(rows, mc.ids) if item_id not in calibrated]
     (args.out / "capability_heldout.jsonl").write_text("\n".join(kept) + "\n")
     print(f"{args.out / 'capability_heldout.jsonl'}: {len(kept)}")
 
