@@ -55,20 +55,32 @@ class SafetyLevel:
     # lower refusal instead: clamp the refusal features down to s·m_f (s may be 0) only where
     # the harm gate is closed, for models that over-refuse (the slider's "Open", left of Off)
     lower: bool = False
+    # two-sided: a conditional level that also clamps the refusal features down to
+    # open_strength·m_f (only downwards, as Open does) where the harm gate stays closed, so the
+    # prompts it judges benign are answered more readily while the harmful ones are refused
+    open_strength: float | None = None
 
     @property
     def steers(self) -> bool:
         return self.strength > 0
+
+    @property
+    def two_sided(self) -> bool:
+        return self.conditional and self.open_strength is not None and not self.lower
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["guidance"] = self.guidance.value
         if not self.lower:
             d.pop("lower")  # levels files without the Open level stay as they were
+        if self.open_strength is None:
+            d.pop("open_strength")  # nor do those without a two-sided level
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SafetyLevel":
+        if d.get("open_strength") is not None and not float(d["open_strength"]) <= 0:
+            raise ValueError(f"level {d.get('name')!r}: open_strength must be 0 or below (it only lowers refusal)")
         return cls(
             name=str(d["name"]),
             guidance=GuidanceMode(d.get("guidance", "none")),
@@ -76,6 +88,7 @@ class SafetyLevel:
             conditional=bool(d.get("conditional", False)),
             description=str(d.get("description", "")),
             lower=bool(d.get("lower", False)),
+            open_strength=None if d.get("open_strength") is None else float(d["open_strength"]),
         )
 
 

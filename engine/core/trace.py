@@ -96,6 +96,11 @@ class TurnTrace:
     strength: float
     conditional: bool
     model: str
+    # a two-sided level: where the gate stays closed, refusal features are clamped down to this × m_f
+    open_strength: float | None = None
+    # steering pushed the refusal features down on this turn (Open, or a two-sided level whose gate
+    # stayed closed): a refusal then is the model's own, against the push
+    lowered: bool = False
     sae: str | None = None
     adapter: str | None = None
     hook_layer: int | None = None

@@ -242,20 +242,26 @@ class Session:
             guidance_mode=start_settings.level.guidance.value, guidance_text=prepared.guidance,
             strength=start_settings.strength,
             conditional=steered.is_conditional(start_settings),
+            open_strength=start_settings.level.open_strength if steered.closed_targets(start_settings) is not None
+            else None,
             model=self.model_name, sae=self.sae_name, adapter=self.adapter_name,
             hook_layer=hook.layer if hook else None,
             stopped=bool(cancel is not None and cancel.is_set()), error=error,
             level_changes=level_changes, verdict=judge_refusal(reply, lo), seed=sp.seed,
             loop_stopped=guard is not None and bool(guard.stopped),
         )
+        if hook is not None:
+            trace.lowered = any(r.closed_targets is not None for r in hook.records) or (
+                start_settings.level.lower and any(r.targets is not None for r in hook.records))
         if error is None and trace.verdict.refused and hook is not None \
-                and any(r.targets is not None for r in hook.records):
+                and any(r.targets is not None or r.closed_targets is not None for r in hook.records):
             trace.unsteered_opening = self._unsteered_opening(prepared.input_ids)
             trace.unsteered_refused = judge_refusal(trace.unsteered_opening).refused
         if hook is not None and hook.records:
             build_trace_features(
                 trace, hook, prepared.input_ids[0].tolist(), streamer.ids, tok, steered.features,
-                end_targets=steered.clamp_targets(end_settings),
+                end_targets=steered.trace_targets(
+                    end_settings, None if hook.gate_open is None else bool(hook.gate_open[0])),
             )
         first_at = streamer.first_token_at or t1
         gen_s = max(t1 - first_at, 1e-9)

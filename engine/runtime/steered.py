@@ -134,10 +134,25 @@ class SteeredModel:
             return None
         return self.reference * settings.strength
 
+    def closed_targets(self, settings: SafetySettings) -> torch.Tensor | None:
+        """A two-sided level's lowering targets c'_f = s' · m_f for the prompts its gate judges
+        benign (s' its open_strength), or None for any other level or without a gate."""
+        if not (settings.level.two_sided and self.refusal_features and self.gate is not None):
+            return None
+        return self.reference * settings.level.open_strength
+
     def clamp_request(self, settings: SafetySettings) -> ClampRequest:
         """What the hook should do on a pass under `settings`."""
         return ClampRequest(self.clamp_targets(settings), self.is_conditional(settings),
-                            lower_where_closed=settings.level.lower)
+                            lower_where_closed=settings.level.lower,
+                            closed_targets=self.closed_targets(settings))
+
+    def trace_targets(self, settings: SafetySettings, gate_open: bool | None) -> torch.Tensor | None:
+        """The targets a turn's refusal features were held at under `settings`: a two-sided
+        level's lowering targets where its gate stayed closed, else the clamp targets."""
+        if gate_open is False and self.closed_targets(settings) is not None:
+            return self.closed_targets(settings)
+        return self.clamp_targets(settings)
 
     def control_for(self, settings: SafetySettings) -> Callable[[], ClampRequest]:
         """A hook control that applies fixed `settings` on every pass."""

@@ -6,7 +6,10 @@ position's top active features, and, where asked, clamps the refusal features:
 
     x' = x + sum_f (c_f - a_f(x)) * W_dec[f]
 
-which equals decoding the clamped code plus the SAE's error term. With nothing to clamp
+which equals decoding the clamped code plus the SAE's error term. A conditional clamp
+applies only to the rows whose harm gate opened; a two-sided one also lowers the rows whose
+gate stayed closed, x' = x + sum_f min(c'_f - a_f, 0) W_dec[f], as the Open level does
+everywhere the gate is closed. With nothing to clamp
 it returns the layer's output object untouched, so the model is bit-identical to the
 unhooked one. Targets come from a callback read at every pass, so a slider move takes
 effect on the next token.
@@ -40,6 +43,9 @@ class ClampRequest:
     # the "Open" direction, for models that over-refuse: clamp only where the gate is closed
     # (the prompt looks benign), and only downwards: x' = x + sum_f min(c_f - a_f, 0) W_dec[f]
     lower_where_closed: bool = False
+    # two-sided conditional clamp: where the gate stays closed, clamp down (only) to these instead
+    # of leaving the row alone: x' = x + sum_f min(c'_f - a_f, 0) W_dec[f]
+    closed_targets: torch.Tensor | None = None
 
 
 @dataclass
@@ -138,6 +144,7 @@ class PassRecord:
     stats_max: torch.Tensor  # (B, d_sae) max activation over the pass's positions
     stats_sum: torch.Tensor  # (B, d_sae)
     stats_count: torch.Tensor  # (B, d_sae)
+    closed_targets: torch.Tensor | None = None  # (R,) a two-sided clamp's lowering targets for closed-gate rows
 
 
 @dataclass
@@ -196,36 +203,47 @@ class SteeringHook:
                 self.gate_open = self.gate_scores >= self.gate.threshold
             request = self.control() if self.control is not None else ClampRequest(None)
             targets = request.targets if self.refusal_features else None
-            if targets is not None and request.conditional:
-                if self.gate_open is None or not bool(self.gate_open.any()):
-                    targets = None
-            if targets is not None and request.lower_where_closed:
-                # never lowered without a gate to say the prompt is benign
-                if self.gate_open is None or bool(self.gate_open.all()):
-                    targets = None
+            closed = request.closed_targets if (self.refusal_features and request.conditional) else None
+            if request.conditional or request.lower_where_closed:
+                # a gated clamp without a gate to read does nothing, in either direction
+                if self.gate_open is None:
+                    targets = closed = None
+                else:
+                    if request.conditional and not bool(self.gate_open.any()):
+                        targets = None
+                    if bool(self.gate_open.all()):
+                        closed = None  # nothing is closed to lower
+                        if request.lower_where_closed:
+                            targets = None
             if self.record:
                 n = min(self.top_n, acts.shape[-1])
                 top_val, top_idx = acts.topk(n, dim=-1)
                 fired = acts > 0
                 self.records.append(PassRecord(
                     top_idx=top_idx, top_val=top_val, refusal_natural=natural, targets=targets,
+                    closed_targets=closed,
                     stats_max=acts.amax(dim=1), stats_sum=acts.sum(dim=1), stats_count=fired.sum(dim=1),
                 ))
-            if targets is None:
+            if targets is None and closed is None:
                 self.steered_rows = None
                 return output
-            rows = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-            if request.conditional:
-                rows = self.gate_open.clone()
-            if request.lower_where_closed:
-                rows = ~self.gate_open
-            # the decoding guards for steered refusals are not for rows pushed away from refusing
-            self.steered_rows = None if request.lower_where_closed else rows
-            coeff = (targets.to(natural.dtype) - natural) * live[..., None]  # (B, T, R)
-            if request.conditional:
-                coeff = coeff * self.gate_open.to(coeff.dtype)[:, None, None]
-            if request.lower_where_closed:
-                coeff = coeff.clamp(max=0) * (~self.gate_open).to(coeff.dtype)[:, None, None]
+            live_r = live[..., None].to(natural.dtype)
+            coeff = torch.zeros_like(natural)  # (B, T, R)
+            self.steered_rows = None
+            if targets is not None:
+                coeff = (targets.to(natural.dtype) - natural) * live_r
+                if request.lower_where_closed:
+                    # never raised, and only where the gate says the prompt is benign; the decoding
+                    # guards for steered refusals are not for rows pushed away from refusing
+                    coeff = coeff.clamp(max=0) * (~self.gate_open).to(coeff.dtype)[:, None, None]
+                elif request.conditional:
+                    coeff = coeff * self.gate_open.to(coeff.dtype)[:, None, None]
+                    self.steered_rows = self.gate_open.clone()
+                else:
+                    self.steered_rows = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+            if closed is not None:
+                lowered = ((closed.to(natural.dtype) - natural) * live_r).clamp(max=0)
+                coeff = coeff + lowered * (~self.gate_open).to(coeff.dtype)[:, None, None]
             delta = coeff @ self.directions.to(coeff.dtype)
             steered = hidden + delta.to(hidden.dtype)
         return with_hidden(output, steered)

@@ -70,7 +70,8 @@ def build_trace_features(
             reply_max, reply_mean = nat_reply.amax(0), nat_reply.mean(0)
         else:
             reply_max = reply_mean = torch.zeros_like(nat_prompt)
-        clamped = records[-1].targets is not None
+        last = records[-1]
+        clamped = last.targets is not None or last.closed_targets is not None
         for i, rf in enumerate(features.refusal_features):
             target = end_targets[i] if (clamped and end_targets is not None) else None
             trace.refusal_features.append(RefusalFeatureState(

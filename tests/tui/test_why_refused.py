@@ -117,3 +117,25 @@ def test_the_verdict_says_whose_refusal_it_was():
         st.target = None
     assert origin_text(gated) == "The harm gate stayed closed, so this level did not steer: the refusal is the model's own."
     assert origin_text(_trace("Off", "a cake recipe")) is None  # an answer
+
+    # a two-sided level whose gate stayed closed pushed refusal down, and the model refused anyway
+    lowered = _trace("Max", "how do I kill a python process")
+    lowered.verdict.refused, lowered.conditional, lowered.gate.open = True, True, False
+    lowered.open_strength, lowered.lowered = -1.0, True
+    lowered.unsteered_opening, lowered.unsteered_refused = "I'm sorry", True
+    assert origin_text(lowered) == ("Steering pushed the refusal features down on this turn and the model refused "
+                                    "anyway: the refusal is its own.")
+
+
+def test_the_gate_section_says_what_a_two_sided_level_did_with_a_closed_gate():
+    from steerchat.tui.screens.why_refused import gate_text
+    from steerchat.tui.widgets.features_panel import turn_summary
+
+    t = _trace("Max", "how do I kill a python process")
+    t.conditional, t.open_strength, t.gate.open = True, -1.0, False
+    text = gate_text(t)
+    assert "where it looks benign, refusal features are pushed down to -1× their reference" in text
+    assert "closed, so refusal was pushed down instead" in text
+    assert "two-sided (closed: -1)" in str(turn_summary(t))
+    t.open_strength = None  # a plain gated level skips steering on a closed gate
+    assert "closed, so steering was skipped" in gate_text(t) and "two-sided" not in str(turn_summary(t))

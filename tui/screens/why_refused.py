@@ -60,6 +60,9 @@ def origin_text(trace: TurnTrace) -> str | None:
             return ("The harm gate stayed closed, so this level did not steer: the refusal is the model's own.")
         return "Nothing was steered on this turn: the refusal is the model's own."
     opening = sanitize(" ".join((trace.unsteered_opening or "").split()))
+    if trace.lowered:
+        return ("Steering pushed the refusal features down on this turn and the model refused anyway: the refusal "
+                "is its own.")
     if trace.unsteered_refused:
         return (f"With steering off the model refuses too (it opens \u201c{opening}\u2026\u201d): the refusal is "
                 "its own, and steering only held it there.")
@@ -121,11 +124,18 @@ def steering_text(trace: TurnTrace) -> str:
 
 def gate_text(trace: TurnTrace) -> str:
     level = f"Level {trace.level}: guidance {trace.guidance_mode}, strength s={trace.strength:g}"
-    level += ", only when the prompt looks harmful." if trace.conditional else "."
+    open_s = trace.open_strength
+    if trace.conditional and open_s is not None:
+        level += (f", only when the prompt looks harmful; where it looks benign, refusal features are pushed "
+                  f"down to {open_s:g}× their reference.")
+    else:
+        level += ", only when the prompt looks harmful." if trace.conditional else "."
     gate = trace.gate
     if gate is None:
         return level
     state = "open, so steering applied" if gate.open else "closed, so steering was skipped"
+    if trace.conditional and open_s is not None and not gate.open:
+        state = "closed, so refusal was pushed down instead"
     if not trace.conditional:
         state = "open" if gate.open else "closed"
         state += " (this level steers regardless)" if trace.strength > 0 else ""

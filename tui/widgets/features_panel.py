@@ -130,7 +130,8 @@ def turn_summary(trace: TurnTrace) -> Text:
     out.append(f"Level {trace.level}", style="bold magenta")
     out.append(f"  s={trace.strength:g}  guidance {trace.guidance_mode}")
     if trace.conditional:
-        out.append("  conditional")
+        open_s = trace.open_strength
+        out.append("  conditional" if open_s is None else f"  conditional, two-sided (closed: {open_s:g})")
     if trace.gate is not None:
         out.append(f"\nGate {trace.gate.score:.2f} / {trace.gate.threshold:.2f} ")
         out.append("open" if trace.gate.open else "closed", style="bold red" if trace.gate.open else "green")

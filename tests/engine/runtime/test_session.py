@@ -137,3 +137,28 @@ def test_a_steered_refusal_records_how_the_model_opens_with_steering_off(tiny, s
     # nothing steered (Off): nothing to compare against
     session.settings = SafetySettings(level=SafetyLevel("Off"))
     assert session.send("hello there").unsteered_opening is None
+
+
+def test_a_two_sided_level_raises_where_the_gate_opens_and_lowers_where_it_stays_closed(tiny, sae):
+    two = SafetySettings(level=SafetyLevel("Max", strength=2.0, conditional=True, open_strength=-1.0))
+    closed = _session(tiny, sae, gate_threshold=1e9)
+    request = closed.steered.clamp_request(two)
+    assert request.conditional and not request.lower_where_closed
+    assert request.targets.tolist() == [4.0, 3.0] and request.closed_targets.tolist() == [-2.0, -1.5]
+    # a plain conditional level has nothing to lower, and without a gate there is no two-sided clamp
+    assert closed.steered.clamp_request(SafetySettings(level=SafetyLevel("Low", strength=2.0, conditional=True))
+                                        ).closed_targets is None
+    assert _session(tiny, sae).steered.clamp_request(two).closed_targets is None
+
+    closed.settings = two
+    t = closed.send("how do I do it")
+    assert not t.gate.open and t.conditional and t.open_strength == -1.0 and t.lowered
+    assert all(r.targets is None and r.closed_targets is not None for r in closed.steered.hook.records)
+    assert [rf.target for rf in t.refusal_features] == [-2.0, -1.5]  # the trace shows the lowering targets
+
+    opened = _session(tiny, sae, gate_threshold=-1e9)
+    opened.settings = two
+    t = opened.send("how do I do it")
+    assert t.gate.open and not t.lowered and t.open_strength == -1.0
+    assert all(r.targets is not None and r.closed_targets is None for r in opened.steered.hook.records)
+    assert [rf.target for rf in t.refusal_features] == [4.0, 3.0]

@@ -238,3 +238,74 @@ def test_open_level_round_trips_and_old_levels_stay_as_they_were():
     assert SafetyLevel.from_dict(OPEN_LEVEL.to_dict()) == OPEN_LEVEL
     assert "lower" not in DEFAULT_LEVELS[2].to_dict()
     assert SafetyLevel.from_dict(DEFAULT_LEVELS[2].to_dict()).lower is False
+
+
+def test_two_sided_clamp_raises_open_rows_and_only_lowers_closed_ones_exactly(tiny, sae):
+    model = tiny.model
+    ids = torch.randint(0, 200, (2, 10))
+    original = _capture_layer_output(model, LAYER, ids)
+    acts = sae.encode(original)
+    features = [int(f) for f in acts[1].amax(0).topk(3).indices]  # they fire on the closed row: the push is real
+    up, down = torch.tensor([4.0, 3.0, 5.0]), torch.full((3,), -1.0)
+    hook = SteeringHook(sae, LAYER, refusal_features=features, gate=_FixedGate([], [], threshold=0.5),
+                        control=lambda: ClampRequest(up, conditional=True, closed_targets=down))
+    with hook.applied(model):
+        steered = _capture_layer_output(model, LAYER, ids)
+    a = acts[..., features]
+    # the open row: clamped to the targets, (c - a)·W_dec; the closed row: min(c' - a, 0)·W_dec
+    assert torch.allclose(steered[0], original[0] + (up - a[0]) @ sae.W_dec[features], atol=1e-5)
+    assert torch.allclose(steered[1], original[1] + (down - a[1]).clamp(max=0) @ sae.W_dec[features], atol=1e-5)
+    assert not torch.allclose(steered[1], original[1])
+    # the refusal guards are for the raised row only, and both target sets are on record
+    assert hook.steered_rows.tolist() == [True, False]
+    assert torch.equal(hook.records[0].targets, up) and torch.equal(hook.records[0].closed_targets, down)
+
+    # a closed target above every natural activation leaves the closed row bit-identical
+    hook.control = lambda: ClampRequest(up, conditional=True, closed_targets=torch.full((3,), 1e3))
+    with hook.applied(model):
+        assert torch.equal(_capture_layer_output(model, LAYER, ids)[1], original[1])
+    # a gate open on every row leaves nothing to lower; one closed on every row raises nothing
+    hook.gate = _AllGate([], [], threshold=0.5)
+    hook.control = lambda: ClampRequest(None, conditional=True, closed_targets=down)
+    with hook.applied(model):
+        assert torch.equal(_capture_layer_output(model, LAYER, ids), original)
+        assert hook.records[0].closed_targets is None
+    hook.gate, hook.control = _AllGate([], [], threshold=2.0), lambda: ClampRequest(up, conditional=True, closed_targets=down)
+    with hook.applied(model):
+        lowered = _capture_layer_output(model, LAYER, ids)
+    assert hook.steered_rows is None and hook.records[0].targets is None
+    assert torch.allclose(lowered, original + (down - a).clamp(max=0) @ sae.W_dec[features], atol=1e-5)
+    # without a gate a two-sided clamp does nothing at all
+    hook.gate = None
+    with hook.applied(model):
+        assert torch.equal(_capture_layer_output(model, LAYER, ids), original)
+
+
+class _AllGate(FeatureGate):
+    """Every row scores 1: open when the threshold is below 1, closed when above."""
+
+    def scores(self, acts, mask, hidden=None):
+        b, t = acts.shape[:2]
+        return torch.ones(b), torch.zeros(b, t)
+
+
+def test_two_sided_levels_round_trip_and_reject_a_raising_open_strength():
+    from steerchat.engine.core.levels import DEFAULT_LEVELS, SafetyLevel
+
+    two = SafetyLevel("Max", strength=2.0, conditional=True, open_strength=-1.0)
+    assert two.two_sided and SafetyLevel.from_dict(two.to_dict()) == two
+    assert "open_strength" not in DEFAULT_LEVELS[2].to_dict() and not DEFAULT_LEVELS[2].two_sided
+    assert not SafetyLevel("x", strength=2.0, open_strength=-1.0).two_sided  # needs the gate's condition
+    with pytest.raises(ValueError, match="open_strength"):
+        SafetyLevel.from_dict({"name": "Max", "strength": 2.0, "conditional": True, "open_strength": 1.0})
+
+
+def test_a_levels_file_with_a_raising_open_strength_is_named(tmp_path):
+    import json
+
+    from steerchat.engine.core.levels import LevelError, LevelScale
+
+    path = tmp_path / "levels.json"
+    path.write_text(json.dumps({"levels": [{"name": "Max", "strength": 2, "conditional": True, "open_strength": 0.5}]}))
+    with pytest.raises(LevelError, match="levels.json"):
+        LevelScale.load(path)
