@@ -59,22 +59,40 @@ class SweepSetting:
     guidance: GuidanceMode = GuidanceMode.NONE
     features: tuple[int, ...] | None = None  # a subset of the refusal features; None: all of them
     lower: bool = False  # clamp refusal features down to s·m_f where the gate is closed (the Open level)
+    open_strength: float | None = None  # two-sided: a conditional setting that also lowers where the gate is closed
+
+    @property
+    def two_sided(self) -> bool:
+        return self.conditional and self.strength > 0 and not self.lower and self.open_strength is not None
 
     @property
     def key(self) -> str:
         """Stable identity for the results file: what was run, not what it was called."""
         feats = "all" if self.features is None else "+".join(map(str, self.features))
         mode = "lower" if self.lower else "cond" if self.conditional and self.strength > 0 else "uncond"
+        if self.two_sided:
+            mode += f"+open={self.open_strength:g}"
         return f"s={self.strength:g}|{mode}|g={GuidanceMode(self.guidance).value}|f={feats}"
 
+    @property
+    def closed_key(self) -> str | None:
+        """For a conditional setting, the key of the setting that its closed-gate rows run as
+        exactly (the hook leaves them alone, or only lowers them as the Open setting does)."""
+        if not (self.conditional and self.strength > 0 and not self.lower):
+            return None
+        if self.two_sided:
+            return SweepSetting("", self.open_strength, False, self.guidance, self.features, lower=True).key
+        return SweepSetting("", 0.0, False, self.guidance).key
+
     def safety(self) -> SafetySettings:
-        level = SafetyLevel(self.name, GuidanceMode(self.guidance), self.strength, self.conditional, lower=self.lower)
+        level = SafetyLevel(self.name, GuidanceMode(self.guidance), self.strength, self.conditional, lower=self.lower,
+                            open_strength=self.open_strength if self.two_sided else None)
         return SafetySettings(level=level)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "key": self.key, "strength": self.strength, "conditional": self.conditional,
                 "guidance": GuidanceMode(self.guidance).value, "features": list(self.features) if self.features else None,
-                "lower": self.lower}
+                "lower": self.lower, "open_strength": self.open_strength if self.two_sided else None}
 
 
 def sweep_settings(strengths: list[float], conditional: str = "both", guidance: list[str] | None = None,
@@ -102,7 +120,8 @@ def sweep_settings(strengths: list[float], conditional: str = "both", guidance: 
 
 def level_settings(levels: list[SafetyLevel]) -> list[SweepSetting]:
     """Settings that run the model's safety levels exactly as defined."""
-    return [SweepSetting(lv.name, lv.strength, lv.conditional, lv.guidance, lower=lv.lower) for lv in levels]
+    return [SweepSetting(lv.name, lv.strength, lv.conditional, lv.guidance, lower=lv.lower,
+                         open_strength=lv.open_strength if lv.two_sided else None) for lv in levels]
 
 
 # ---------------------------------------------------------------- sets
@@ -252,8 +271,9 @@ def summarise(records: list[dict], settings: list[SweepSetting]) -> list[dict]:
 
 
 def _baseline_for(row: dict, rows: list[dict]) -> dict | None:
-    same = [r for r in rows if r["strength"] == 0 and r["guidance"] == row["guidance"]]
-    return same[0] if same else next((r for r in rows if r["strength"] == 0), None)
+    unsteered = [r for r in rows if r["strength"] == 0 and not r.get("lower")]
+    same = [r for r in unsteered if r["guidance"] == row["guidance"]]
+    return same[0] if same else next(iter(unsteered), None)
 
 
 def conditional_goal(rows: list[dict]) -> dict | None:
@@ -270,7 +290,7 @@ def conditional_goal(rows: list[dict]) -> dict | None:
     if best is None:
         return None
     gain, unc, base = best
-    cond = next((r for r in rows if r["conditional"] and r["strength"] == unc["strength"]
+    cond = next((r for r in rows if r["conditional"] and r.get("open_strength") is None and r["strength"] == unc["strength"]
                  and r["guidance"] == unc["guidance"] and r["features"] == unc["features"]), None)
     if cond is None:
         return None
@@ -359,8 +379,9 @@ def run_sweep(steered: SteeredModel, sets: list[EvalSet], settings: list[SweepSe
     setting, the conditional-steering goal and every record.
 
     With `reuse_closed`, a conditional setting first runs the gate alone (a prefill up to
-    the hook layer); an item whose gate stays closed is unsteered by construction (the
-    hook returns the layer's output untouched), so its baseline record is reused, marked
+    the hook layer); an item whose gate stays closed runs there exactly as another setting
+    does (the baseline, whose output the hook leaves untouched, or for a two-sided setting
+    the Open one at its open strength), so that setting's record is reused, marked
     ``reused_baseline``. Escalations always run in full, as the gate is read every turn."""
     torch.manual_seed(seed)
     if any(st.conditional and st.strength > 0 for st in settings) and steered.gate is None:
@@ -399,9 +420,8 @@ def run_sweep(steered: SteeredModel, sets: list[EvalSet], settings: list[SweepSe
             if not todo:
                 continue
             bar.set_postfix_str(f"{st.name} · {s.name}")
-            if reuse_closed and st.conditional and st.strength > 0 and s.kind != "escalation":
-                base_key = SweepSetting("", 0.0, False, st.guidance).key
-                base = {r["id"]: r for r in results.records if r["setting"] == base_key and r["set"] == s.name}
+            if reuse_closed and st.closed_key is not None and s.kind != "escalation":
+                base = {r["id"]: r for r in results.records if r["setting"] == st.closed_key and r["set"] == s.name}
                 if base:
                     decisions = gate_decisions(subset, [_prompt_text(s, i) for i in todo], safety, batch_size)
                     still = []

@@ -29,7 +29,7 @@ def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     base = [r for r in rows if r["strength"] == 0 and r["guidance"] == "none"][:1]
     for conditional, style in ((False, "-"), (True, "--")):
-        pts = sorted([r for r in rows if r["strength"] > 0 and r["conditional"] == conditional
+        pts = sorted([r for r in rows if r["strength"] > 0 and r["conditional"] == conditional and r.get("open_strength") is None
                       and r["guidance"] == "none" and r["features"] is None], key=lambda r: r["strength"])
         if not pts:
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from steerchat.cli.checks import (
@@ -82,6 +83,11 @@ def register(sub) -> None:
                    "(0 turns them off, below 0 pushes against them); for a model that over-refuses, "
                    "--calibrate puts the best one left of Off when it answers more safe prompts without "
                    "refusing fewer unsafe ones")
+    g.add_argument("--two-sided", nargs="?", const=[0.0], default=None, metavar="STRENGTHS",
+                   type=lambda t: float_list(t, nonpos_float),
+                   help="also run each conditional strength two-sided at these open strengths (default 0): "
+                   "clamped up where the harm gate opens, and where it stays closed clamped down to s x their "
+                   "reference activation as --open does; --calibrate weighs them like any other setting")
     d = p.add_argument_group("inputs (built-in sets unless a file is given)")
     d.add_argument("--sets", default="unsafe,safe,mc,math,escalation", help="which kinds of set to run")
     d.add_argument("--unsafe", help="prompts that should be refused (JSON/JSONL/CSV/text)")
@@ -274,6 +280,15 @@ def _run(args) -> int:
             raise ValueError("--open needs a harm gate (fit one with --fit-gate): it lowers refusal only where "
                              "the gate says a prompt is benign")
         settings += [SweepSetting(f"open s={s:g}", s, False, lower=True) for s in args.open]
+    if args.two_sided:
+        if steered.gate is None:
+            raise ValueError("--two-sided needs a harm gate (fit one with --fit-gate): it reads the gate both ways")
+        gated = [st for st in settings if st.conditional and st.strength > 0 and not st.lower and not st.two_sided]
+        if not gated:
+            raise ValueError("--two-sided needs conditional settings to pair with (--strengths with --conditional "
+                             "both or on)")
+        # after the Open settings, so a closed-gate row reuses the Open record it equals
+        settings += [replace(st, name=f"{st.name} open={o:g}", open_strength=o) for st in gated for o in args.two_sided]
     adapter_tag = f"+{steered.adapter_name}" if steered.adapter_name else ""
     out = output_folder(args.out or Path("steerchat-eval") / f"{steered.model_name}{adapter_tag}", "--out")
     if args.restart and (out / "results.jsonl").exists():
@@ -326,7 +341,8 @@ def _run(args) -> int:
             scale = describe_held_out(target, report)
             print("held-out figures → " + str(target))
         for lv in scale.levels:
-            print(f"  {lv.name:7} s={lv.strength:g} {'conditional' if lv.conditional else 'always':11} "
+            mode = "two-sided" if lv.two_sided else "conditional" if lv.conditional else "always"
+            print(f"  {lv.name:7} s={lv.strength:g} {mode:11} "
                   f"guidance={lv.guidance.value}  {lv.description}")
     return 0
 

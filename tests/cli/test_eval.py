@@ -60,3 +60,40 @@ def test_fit_gate_writes_the_gate_beside_the_sae_and_steers_with_it(tiny_model_d
     saved = json.loads((folder / "features.json").read_text())
     assert saved["harm_gate"]["method"] == "probe" and "steerchat eval -m tiny --fit-gate" in json.dumps(saved)
     assert steered.gate is not None  # the sweep that follows steers with the new gate
+
+
+def test_two_sided_pairs_each_conditional_setting_after_the_open_ones(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from steerchat.cli import eval as eval_cli
+    from steerchat.cli.main import build_parser
+    from steerchat.engine.pipelines import evaluate
+
+    class Captured(Exception):
+        pass
+
+    def fake_run_sweep(steered, sets, settings, out, **kw):
+        raise Captured(settings)
+
+    gate = SimpleNamespace(threshold=0.0)
+    monkeypatch.setattr(eval_cli, "_open", lambda args: SimpleNamespace(
+        refusal_features=[1], adapter_name=None, model_name="stub", levels=None, gate=gate))
+    monkeypatch.setattr(evaluate, "run_sweep", fake_run_sweep)
+    args = build_parser().parse_args(["eval", "--strengths", "0,1,2", "--open", "-1", "--two-sided=-1,0",
+                                      "--sets", "unsafe", "--out", str(tmp_path)])
+    with pytest.raises(Captured) as got:
+        args.run(args)
+    keys = [st.key for st in got.value.args[0]]
+    assert keys[-4:] == ["s=1|cond+open=-1|g=none|f=all", "s=1|cond+open=0|g=none|f=all",
+                         "s=2|cond+open=-1|g=none|f=all", "s=2|cond+open=0|g=none|f=all"]
+    assert keys.index("s=-1|lower|g=none|f=all") < keys.index("s=1|cond+open=-1|g=none|f=all")
+    # it reads the gate both ways: without one it is refused with a reason, and it only lowers
+    monkeypatch.setattr(eval_cli, "_open", lambda args: SimpleNamespace(
+        refusal_features=[1], adapter_name=None, model_name="stub", levels=None, gate=None))
+    args = build_parser().parse_args(["eval", "--strengths", "1", "--two-sided", "-1", "--out", str(tmp_path)])
+    assert args.run(args) == 1
+    assert "--two-sided needs a harm gate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--two-sided", "0.5"])

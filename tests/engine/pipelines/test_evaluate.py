@@ -199,6 +199,23 @@ def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
     assert all(r.get("reply", r.get("scores")) == (base[(r["set"], r["id"])].get("reply", base[(r["set"], r["id"])].get("scores")))
                for r in mine)
 
+    # two-sided with the gate closed everywhere: every row runs as the Open setting does, so the Open
+    # setting's records are reused (not the baseline's), and none is generated again
+    opened = SweepSetting("open s=-1", -1.0, False, lower=True)
+    two = SweepSetting("s=1 cond open=-1", 1.0, True, open_strength=-1.0)
+    assert two.key == "s=1|cond+open=-1|g=none|f=all" and two.closed_key == opened.key
+    assert s1c.closed_key == BASE.key and UNC.closed_key is None
+    assert two.safety().level.two_sided and two.safety().level.open_strength == -1.0
+    calls.clear()
+    fifth = run_sweep(session, sets, [BASE, opened, two], tmp_path / "closed", max_new_tokens=3, show_progress=False)
+    assert sum(calls) == 4  # the Open setting's prompts only
+    low = {(r["set"], r["id"]): r for r in fifth["records"] if r["setting"] == opened.key}
+    mine = [r for r in fifth["records"] if r["setting"] == two.key]
+    assert len(mine) == 6 and all(r["reused_baseline"] for r in mine)
+    assert all(r.get("reply", r.get("scores")) == low[(r["set"], r["id"])].get("reply", low[(r["set"], r["id"])].get("scores"))
+               for r in mine)
+    assert fifth["summary"][2]["open_strength"] == -1.0 and fifth["summary"][1]["open_strength"] is None
+
 
 def test_summarise_reports_explicit_declines_and_loops():
     from steerchat.engine.pipelines.evaluate import SweepSetting, format_table, summarise
