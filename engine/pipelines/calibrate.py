@@ -6,16 +6,23 @@ The levels are chosen by those measurements, not by fixed strengths:
 
 - Off: the baseline (no guidance, no clamp);
 - Guided: the guidance-only baseline, when the sweep measured one;
-- Low / Medium / High: the cheapest setting (least over-refusal + capability drop) whose
-  gain reaches 1/3, 2/3 and 9/10 of the largest gain measured;
+- Low / Medium / High: the cheapest setting whose gain reaches 1/3, 2/3 and 9/10 of the
+  largest gain measured. A setting's cost is its change in safe-prompt refusal plus its
+  change in capability lost, both against the baseline and signed, so a setting that answers
+  more safe prompts than the model does on its own is cheaper than one that answers as many;
 - Max: the setting with the largest gain (the cheapest, on a tie).
 Each steered level must be a different setting that refuses strictly more unsafe prompts
 than the level below it (and more than the baseline); a notch that no setting can fill that
 way is left out of the slider rather than repeating the one below, and the strongest level
 kept is always called Max.
 
-Conditional and unconditional settings compete on the same terms, so a level is
-conditional exactly when that bought the same protection for less.
+A setting that refuses more than a quarter of the safe prompts (SAFE_REFUSAL_CAP, issue
+12's bar for the strongest level) is offered only when no steered setting stays within it:
+a slider whose top notch refuses most harmless questions protects by refusing everything.
+
+Conditional, two-sided (conditional, and where the gate stays closed, refusal lowered as the
+Open level does) and unconditional settings compete on the same terms, so a level is gated,
+or two-sided, exactly when that bought the same protection for less.
 
 For a model that over-refuses, a sweep run with `eval --open` also measures Open settings
 (refusal features clamped down to s·m_f, s ≤ 0, where the harm gate says the prompt is
@@ -48,6 +55,8 @@ LEVEL_TARGETS = (("Low", 1 / 3), ("Medium", 2 / 3), ("High", 0.9))
 # the safe prompts than Off, and may refuse at most this much less of the unsafe ones (issue 12's bar)
 OPEN_MIN_GAIN = 0.05
 OPEN_MAX_UNSAFE_LOSS = 0.05
+# a steered setting that refuses more of the safe prompts than this is offered only when none stays within it
+SAFE_REFUSAL_CAP = 0.25
 
 
 @dataclass
@@ -78,22 +87,33 @@ def _measured(row: dict, base: dict | None, label: str = "Measured") -> str:
             f"capability {_pct(row['capability'])}{d('capability')}.")
 
 
+def _two_sided(row: dict) -> bool:
+    return bool(row["conditional"]) and row.get("open_strength") is not None
+
+
 def _describe(row: dict, base: dict) -> str:
     mode = "only when the harm gate opens" if row["conditional"] else "on every prompt"
+    if _two_sided(row):
+        mode += (f"; where it stays closed, clamped down to {row['open_strength']:g}× so benign prompts are "
+                 "answered more readily")
     return f"Refusal features clamped to {row['strength']:g}× their reference activation, {mode}. " + _measured(row, base)
 
 
 def candidates(rows: list[dict], base: dict) -> list[LevelCandidate]:
+    """Every steered setting with its gain and signed costs against `base` (see the module docstring)."""
     out = []
     for r in rows:
         if r["strength"] <= 0 or r["unsafe_refusal"] is None:
             continue
-        safe = max(0.0, (r["safe_refusal"] or 0) - (base["safe_refusal"] or 0))
+        safe = 0.0
+        if r["safe_refusal"] is not None and base["safe_refusal"] is not None:
+            safe = r["safe_refusal"] - base["safe_refusal"]
         cap = 0.0
         if r["capability"] is not None and base["capability"] is not None:
-            cap = max(0.0, base["capability"] - r["capability"])
+            cap = base["capability"] - r["capability"]
         out.append(LevelCandidate(r, r["unsafe_refusal"] - base["unsafe_refusal"], safe, cap))
-    return out
+    within = [c for c in out if c.row["safe_refusal"] is None or c.row["safe_refusal"] <= SAFE_REFUSAL_CAP + 1e-9]
+    return within or out
 
 
 def _open_level(rows: list[dict], base: dict) -> SafetyLevel | None:
@@ -163,7 +183,8 @@ def choose_levels(rows: list[dict]) -> LevelScale:
 
 def _level(name: str, row: dict, base: dict) -> SafetyLevel:
     return SafetyLevel(name, GuidanceMode(row["guidance"]), float(row["strength"]), bool(row["conditional"]),
-                       _describe(row, base))
+                       _describe(row, base),
+                       open_strength=float(row["open_strength"]) if _two_sided(row) else None)
 
 
 _FIGURES = re.compile(r"\s*\b(Measured|Held out)\b.*$", re.S)

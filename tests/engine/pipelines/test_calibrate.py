@@ -19,8 +19,8 @@ def _row(setting, unsafe, safe, cap):
 def test_calibration_picks_cheapest_setting_per_gain_target(tmp_path):
     s1u, s1c, s3u, s3c = (SweepSetting("a", 1.0), SweepSetting("b", 1.0, True), SweepSetting("c", 3.0),
                           SweepSetting("d", 3.0, True))
-    rows = [_row(BASE, 0.1, 0.1, 0.6), _row(s1u, 0.4, 0.3, 0.55), _row(s1c, 0.4, 0.12, 0.6),
-            _row(UNC, 0.7, 0.6, 0.4), _row(CON, 0.65, 0.2, 0.58), _row(s3u, 0.9, 0.9, 0.2), _row(s3c, 0.85, 0.3, 0.5)]
+    rows = [_row(BASE, 0.1, 0.05, 0.6), _row(s1u, 0.4, 0.2, 0.55), _row(s1c, 0.4, 0.06, 0.6),
+            _row(UNC, 0.7, 0.22, 0.4), _row(CON, 0.65, 0.1, 0.58), _row(s3u, 0.9, 0.24, 0.2), _row(s3c, 0.85, 0.15, 0.5)]
     for r in rows:
         r["guidance"] = "none"
     scale = choose_levels(rows)
@@ -36,7 +36,7 @@ def test_levels_are_distinct_and_strictly_monotone():
     # only two settings add protection: High and Max would repeat Medium, so the notches between go
     # and the strongest setting kept is called Max
     s1c = SweepSetting("b", 1.0, True)
-    rows = [_row(BASE, 0.1, 0.0, 0.6), _row(s1c, 0.5, 0.05, 0.6), _row(UNC, 1.0, 0.7, 0.3), _row(CON, 1.0, 0.7, 0.3)]
+    rows = [_row(BASE, 0.1, 0.0, 0.6), _row(s1c, 0.5, 0.05, 0.6), _row(UNC, 1.0, 0.2, 0.3), _row(CON, 1.0, 0.2, 0.3)]
     for r in rows:
         r["guidance"] = "none"
     scale = choose_levels(rows)
@@ -79,7 +79,7 @@ def test_held_out_figures_replace_the_calibration_figures_in_every_description(t
     from steerchat.engine.pipelines.calibrate import describe_held_out
 
     s1c = SweepSetting("b", 1.0, True)
-    rows = [_row(BASE, 0.1, 0.0, 0.6), _row(s1c, 0.5, 0.05, 0.6), _row(UNC, 1.0, 0.7, 0.3)]
+    rows = [_row(BASE, 0.1, 0.0, 0.6), _row(s1c, 0.5, 0.05, 0.6), _row(UNC, 1.0, 0.2, 0.3)]
     for r in rows:
         r["guidance"] = "none"
     path = write_levels(choose_levels(rows), tmp_path / "levels.json", {"summary": [], "meta": {}, "goal": None})
@@ -101,3 +101,45 @@ def test_held_out_figures_replace_the_calibration_figures_in_every_description(t
     assert saved["held_out"]["meta"]["sets"] == {"unsafe": "harmful_val.json"} and len(saved["held_out"]["summary"]) == 4
     again = describe_held_out(path, {"summary": held, "meta": {}})  # run again: figures replaced, not appended
     assert [lv.description for lv in again.levels] == [lv.description for lv in scale.levels]
+
+
+def test_a_setting_that_refuses_most_safe_prompts_is_a_level_only_when_nothing_else_protects():
+    s1c, s2c = SweepSetting("b", 1.0, True), SweepSetting("d", 2.0, True)
+    rows = [_row(BASE, 0.5, 0.2, 0.4), _row(s1c, 0.8, 0.2, 0.4), _row(s2c, 0.9, 0.28, 0.4), _row(UNC, 1.0, 0.95, 0.2)]
+    for r in rows:
+        r["guidance"] = "none"
+    got = [(lv.name, lv.strength, lv.conditional) for lv in choose_levels(rows).levels if lv.strength > 0]
+    # refusing 95% (or 28%) of safe prompts is over the 25% bar: the strongest notch is the gated s=1
+    assert got == [("Max", 1.0, True)]
+    # with nothing under the bar, the bar does not empty the slider
+    over = [rows[0], rows[2], rows[3]]
+    got = [(lv.name, lv.strength, lv.conditional) for lv in choose_levels(over).levels if lv.strength > 0]
+    assert got == [("Low", 2.0, True), ("Max", 2.0, False)]
+
+
+def test_a_two_sided_setting_wins_when_it_protects_as_much_and_answers_more():
+    s1c = SweepSetting("s=1 cond", 1.0, True)
+    two1 = SweepSetting("s=1 cond open=-1", 1.0, True, open_strength=-1.0)
+    two2 = SweepSetting("s=2 cond open=-1", 2.0, True, open_strength=-1.0)
+    rows = [_row(BASE, 0.5, 0.22, 0.4), _row(s1c, 0.84, 0.22, 0.4), _row(two1, 0.81, 0.06, 0.55),
+            _row(CON, 0.94, 0.28, 0.4), _row(two2, 0.91, 0.09, 0.55), _row(UNC, 0.97, 0.97, 0.22)]
+    for r in rows:
+        r["guidance"] = "none"
+    scale = choose_levels(rows)
+    steered = [lv for lv in scale.levels if lv.strength > 0]
+    # the gated s=2 and the unconditional one refuse over 25% of safe prompts; of the rest, the two-sided
+    # settings protect almost as much for fewer safe refusals and more capability: they are the levels
+    assert [(lv.name, lv.strength, lv.open_strength) for lv in steered] == [("Low", 1.0, -1.0), ("Max", 2.0, -1.0)]
+    assert all(lv.two_sided and lv.conditional and not lv.lower for lv in steered)
+    assert "where it stays closed, clamped down to -1×" in steered[1].description
+    assert "safe refused 9% (-13)" in steered[1].description
+
+
+def test_two_sided_levels_survive_write_and_load(tmp_path):
+    two = SweepSetting("s=2 cond open=-1", 2.0, True, open_strength=-1.0)
+    rows = [_row(BASE, 0.5, 0.22, 0.4), _row(two, 0.91, 0.09, 0.55)]
+    for r in rows:
+        r["guidance"] = "none"
+    path = write_levels(choose_levels(rows), tmp_path / "levels.json", {"summary": [], "meta": {}, "goal": None})
+    top = LevelScale.load(path).get("Max")
+    assert top.two_sided and top.open_strength == -1.0 and top.strength == 2.0
