@@ -18,7 +18,8 @@ Engines:
   steerchat <fmt> plain  the converted model in <fmt> (float32, bfloat16, or int8: steerchat's
                          weight-only int8 linear layers over bfloat16, `--quant int8`), no hook
   steerchat <fmt> steered  the same with the SAE hook recording features and clamping the refusal
-                         features to the model's strongest level (Max) on every position
+                         features at the strength of the model's strongest level (Max) on every
+                         position, whether or not that level is gated
 Greedy decoding; every engine decodes exactly --tokens tokens (end-of-text is not allowed to stop it).
 """
 
@@ -96,7 +97,7 @@ def steerchat_worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from steerchat.engine.core.levels import SafetySettings
+    from steerchat.engine.core.levels import SafetyLevel, SafetySettings
     from steerchat.engine.runtime.steered import open_steered
 
     fmt = args.format
@@ -112,7 +113,9 @@ def steerchat_worker(args) -> None:
     if args.steered:
         if steered.hook is None:
             raise SystemExit(f"{args.model} has no SAE to steer with")
-        control = steered.control_for(SafetySettings(steered.levels.get("Max")))
+        # Max's strength on every position, gated or not, so the clamp always runs (the heaviest path)
+        strongest = steered.levels.get("Max")
+        control = steered.control_for(SafetySettings(SafetyLevel("bench", strength=strongest.strength)))
 
     def run() -> float:
         t = time.perf_counter()
