@@ -139,3 +139,25 @@ def test_the_gate_section_says_what_a_two_sided_level_did_with_a_closed_gate():
     assert "two-sided (closed: -1)" in str(turn_summary(t))
     t.open_strength = None  # a plain gated level skips steering on a closed gate
     assert "closed, so steering was skipped" in gate_text(t) and "two-sided" not in str(turn_summary(t))
+
+
+def test_a_lowered_turn_says_the_features_were_pushed_down_not_up():
+    from steerchat.tui.screens.why_refused import steering_text
+    from steerchat.tui.widgets.features_panel import refusal_table
+
+    from dataclasses import replace
+
+    t = _trace("Max", "how do I kill a python process")  # then marked as a turn steering lowered
+    t.lowered = True
+    first = t.refusal_features[0]
+    t.refusal_features = [replace(first, natural_reply_max=2.0, natural_prompt_max=0.0, target=-1.0)]
+    text = steering_text(t)
+    assert "pushed up" not in text and "clamped it to" not in text and "pushed it down to -1.0" in text
+    # many features: the summary counts the ones lowered, and ranks those moved down most first
+    t.refusal_features = [replace(first, feature=100 + i, label=None, natural_reply_max=float(i) - 2,
+                                  natural_prompt_max=-5.0, target=-1.0) for i in range(10)]
+    text = steering_text(t)
+    assert "pushed the 10 refusal features down" in text and "8 of them were above their target" in text
+    assert text.index("#109") < text.index("#108")
+    table = str(refusal_table(t.refusal_features, lowered=True))
+    assert "capped at -1.0" in table and "clamped to" not in table

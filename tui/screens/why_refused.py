@@ -73,7 +73,7 @@ def origin_text(trace: TurnTrace) -> str | None:
 SHOWN_FEATURES = 4  # with more refusal features than this, the ones steering moved most are detailed
 
 
-def _feature_line(st) -> str:
+def _feature_line(st, lowered: bool = False) -> str:
     name = feature_name(st.feature, st.label)
     natural = max(st.natural_reply_max, st.natural_prompt_max)
     own = natural >= NATURAL_SHARE * st.reference_activation
@@ -85,6 +85,9 @@ def _feature_line(st) -> str:
     if st.target is None:
         line += " Steering did not touch it"
         line += ", so it was active on its own." if own else ", and it stayed weak."
+    elif lowered:  # a lowering clamp only ever pushes down, to the target
+        line += (f" Steering pushed it down to {st.target:.1f}." if st.target < natural
+                 else f" Steering would have pushed it down to {st.target:.1f}; it stayed below that on its own.")
     elif st.target > natural:
         line += f" Steering clamped it to {st.target:.1f}"
         line += (
@@ -104,13 +107,19 @@ def steering_text(trace: TurnTrace) -> str:
     states = list(trace.refusal_features)
     if not states:
         return "This model has no refusal features, so nothing was steered."
+    lowered = trace.lowered
     if len(states) <= SHOWN_FEATURES:
-        return "\n\n".join(_feature_line(st) for st in states)
+        return "\n\n".join(_feature_line(st, lowered) for st in states)
 
     natural = natural_activation
     own = sum(natural(st) >= NATURAL_SHARE * st.reference_activation for st in states)
     clamped = [st for st in states if st.target is not None]
-    if clamped:
+    if clamped and lowered:
+        down = sum(st.target < natural(st) for st in clamped)
+        head = (f"Steering pushed the {len(states)} refusal features down, to make refusing less likely: {down} of "
+                f"them were above their target and were lowered. {own} were active on their own. "
+                f"The {SHOWN_FEATURES} it moved most:")
+    elif clamped:
         pushed = sum(st.target > natural(st) and natural(st) < NATURAL_SHARE * st.reference_activation
                      for st in clamped)
         head = (f"Steering clamped all {len(states)} refusal features together. {own} of them were active on "
@@ -118,8 +127,8 @@ def steering_text(trace: TurnTrace) -> str:
     else:
         head = (f"This model has {len(states)} refusal features; steering did not touch them. "
                 f"{own} of them were active on their own. The {SHOWN_FEATURES} most active, against their reference:")
-    ranked = rank_refusal_states(states)
-    return "\n\n".join([head, *(_feature_line(st) for st in ranked[:SHOWN_FEATURES])])
+    ranked = rank_refusal_states(states, lowered)
+    return "\n\n".join([head, *(_feature_line(st, lowered) for st in ranked[:SHOWN_FEATURES])])
 
 
 def gate_text(trace: TurnTrace) -> str:

@@ -65,23 +65,26 @@ def natural_activation(st: RefusalFeatureState) -> float:
     return max(st.natural_reply_max, st.natural_prompt_max)
 
 
-def rank_refusal_states(states: list[RefusalFeatureState]) -> list[RefusalFeatureState]:
-    """Clamped features by how far steering moved them; unclamped ones by how active they
-    were on their own against their reference. Most telling first."""
+def rank_refusal_states(states: list[RefusalFeatureState], lowered: bool = False) -> list[RefusalFeatureState]:
+    """Clamped features by how far steering moved them (up, or for a lowering clamp down);
+    unclamped ones by how active they were on their own against their reference. Most
+    telling first."""
     if any(st.target is not None for st in states):
-        return sorted(states, key=lambda st: (st.target or 0.0) - natural_activation(st), reverse=True)
+        sign = -1.0 if lowered else 1.0
+        return sorted(states, key=lambda st: sign * ((st.target or 0.0) - natural_activation(st)), reverse=True)
     return sorted(states, key=lambda st: natural_activation(st) / max(st.reference_activation, 1e-6), reverse=True)
 
 
-def refusal_table(states: list[RefusalFeatureState], rows: int = REFUSAL_ROWS) -> Text:
-    """Each refusal feature: natural reply activation as a bar, the clamp target as ▼.
+def refusal_table(states: list[RefusalFeatureState], rows: int = REFUSAL_ROWS, lowered: bool = False) -> Text:
+    """Each refusal feature: natural reply activation as a bar, the clamp target as ▼ (for a
+    lowering clamp, a cap: features above it are pushed down to it, the rest left alone).
     With more than `rows` features, the most telling `rows` (see rank_refusal_states)."""
     out = Text("Refusal features: natural activation vs clamp target\n", style="bold")
     if not states:
         out.append("  this model has no refusal features", style="dim")
         return out
     width = BAR_WIDTH * 3
-    shown = states if len(states) <= rows else rank_refusal_states(states)[:rows]
+    shown = states if len(states) <= rows else rank_refusal_states(states, lowered)[:rows]
     for st in shown:
         scale = max(st.reference_activation, st.target or 0.0, st.natural_reply_max, 1e-6) * 1.1
         cells = list(bar(st.natural_reply_max, scale, width))
@@ -96,7 +99,7 @@ def refusal_table(states: list[RefusalFeatureState], rows: int = REFUSAL_ROWS) -
         if st.target is None:
             out.append("not clamped", style="dim")
         else:
-            out.append(f"clamped to {st.target:.1f}", style="bold")
+            out.append(f"capped at {st.target:.1f}" if lowered else f"clamped to {st.target:.1f}", style="bold")
         out.append(f" · ref {st.reference_activation:.1f}\n", style="dim")
     if len(states) > len(shown):
         moved = "moved least by steering" if any(st.target is not None for st in states) else "least active"
@@ -280,7 +283,7 @@ class FeaturesPanel(VerticalScroll):
         self.query_one("#fp-summary", Static).update(turn_summary(trace))
         self.query_one("#fp-prompt", Static).update(feature_table("Prompt features", trace.prompt_features, refusal_ids))
         self.query_one("#fp-reply", Static).update(feature_table("Reply features", trace.reply_features, refusal_ids))
-        self.query_one("#fp-refusal", Static).update(refusal_table(trace.refusal_features))
+        self.query_one("#fp-refusal", Static).update(refusal_table(trace.refusal_features, lowered=trace.lowered))
         self.choose_feature(self._fill_choices())
 
     def choose_feature(self, feature: int | None) -> None:
