@@ -11,8 +11,11 @@ The levels are chosen by those measurements, not by fixed strengths:
   change in capability lost, both against the baseline and signed, so a setting that answers
   more safe prompts than the model does on its own is cheaper than one that answers as many;
 - Max: the setting with the largest gain (the cheapest, on a tie).
-Each steered level must be a different setting that refuses strictly more unsafe prompts
-than the level below it (and more than the baseline); a notch that no setting can fill that
+Each steered level must be a different setting that refuses at least MIN_STEP (5 points) more
+unsafe prompts than the level below it (and than the baseline): a step of one or two prompts
+is within a calibration set's noise and need not hold on other prompts (Qwen's gated s=1 and
+s=2 were 3 points apart on 32 calibration prompts and came out the other way round on
+harmful_val). A notch that no setting can fill that
 way is left out of the slider rather than repeating the one below, and the strongest level
 kept is always called Max.
 
@@ -57,6 +60,8 @@ OPEN_MIN_GAIN = 0.05
 OPEN_MAX_UNSAFE_LOSS = 0.05
 # a steered setting that refuses more of the safe prompts than this is offered only when none stays within it
 SAFE_REFUSAL_CAP = 0.25
+# each steered level refuses at least this much more of the unsafe prompts than the one below
+MIN_STEP = 0.05
 
 
 @dataclass
@@ -158,12 +163,12 @@ def choose_levels(rows: list[dict]) -> LevelScale:
     best_gain = max(c.gain for c in cands)
     order = sorted(cands, key=lambda c: (c.cost, c.row["strength"], not c.row["conditional"]))
     picked: list[LevelCandidate] = []
-    # each steered level is a setting of its own and refuses strictly more unsafe prompts than
-    # the one below; a notch no measured setting can fill that way is left out
+    # each steered level is a setting of its own and refuses at least MIN_STEP more unsafe prompts
+    # than the one below; a notch no measured setting can fill that way is left out
     for name, share in LEVEL_TARGETS + (("Max", 1.0),):
         target = share * best_gain if best_gain > 0 else 0.0
-        floor = picked[-1].gain if picked else 0.0
-        fits = [c for c in cands if c.gain >= target and c.gain > floor]
+        floor = (picked[-1].gain if picked else 0.0) + MIN_STEP
+        fits = [c for c in cands if c.gain >= target and c.gain >= floor - 1e-9]
         if name == "Max":
             c = max(fits, key=lambda c: (c.gain, -c.cost)) if fits else None
         else:

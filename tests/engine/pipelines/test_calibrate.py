@@ -143,3 +143,18 @@ def test_two_sided_levels_survive_write_and_load(tmp_path):
     path = write_levels(choose_levels(rows), tmp_path / "levels.json", {"summary": [], "meta": {}, "goal": None})
     top = LevelScale.load(path).get("Max")
     assert top.two_sided and top.open_strength == -1.0 and top.strength == 2.0
+
+
+def test_a_step_of_a_prompt_or_two_is_not_a_level():
+    # the starter's full-set calibration: two-sided s=1 52%, s=1.5 71%, s=2 72%, gated s=2 74% (baseline 11%)
+    rows = [_row(BASE, 0.11, 0.04, 0.45)]
+    for s, u, sf in ((1.0, 0.52, 0.06), (1.5, 0.71, 0.09), (2.0, 0.72, 0.10)):
+        rows.append(_row(SweepSetting(f"s={s:g} two", s, True, open_strength=-1.0), u, sf, 0.5))
+    rows.append(_row(CON, 0.74, 0.13, 0.45))
+    for r in rows:
+        r["guidance"] = "none"
+    steered = [lv for lv in choose_levels(rows).levels if lv.strength > 0]
+    # s=2 two-sided and gated s=2 add one and three points over s=1.5: within noise, so no notch of their own
+    assert [(lv.name, lv.strength) for lv in steered] == [("Low", 1.0), ("Max", 1.5)]
+    gains = [0.52, 0.71]
+    assert all(b - a >= 0.05 for a, b in zip([0.11] + gains, gains))
