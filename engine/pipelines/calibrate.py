@@ -99,8 +99,7 @@ def _two_sided(row: dict) -> bool:
 def _describe(row: dict, base: dict) -> str:
     mode = "only when the harm gate opens" if row["conditional"] else "on every prompt"
     if _two_sided(row):
-        mode += (f"; where it stays closed, clamped down to {row['open_strength']:g}× so benign prompts are "
-                 "answered more readily")
+        mode += f"; where it stays closed, pushed down to {row['open_strength']:g}× instead, towards answering"
     return f"Refusal features clamped to {row['strength']:g}× their reference activation, {mode}. " + _measured(row, base)
 
 

@@ -131,7 +131,7 @@ def test_a_two_sided_setting_wins_when_it_protects_as_much_and_answers_more():
     # settings protect almost as much for fewer safe refusals and more capability: they are the levels
     assert [(lv.name, lv.strength, lv.open_strength) for lv in steered] == [("Low", 1.0, -1.0), ("Max", 2.0, -1.0)]
     assert all(lv.two_sided and lv.conditional and not lv.lower for lv in steered)
-    assert "where it stays closed, clamped down to -1×" in steered[1].description
+    assert "where it stays closed, pushed down to -1× instead" in steered[1].description
     assert "safe refused 9% (-13)" in steered[1].description
 
 
