@@ -146,6 +146,22 @@ def float_list(text: str, item: Callable[[str], float] = nonneg_float) -> list[f
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers ({exc})") from None
 
 
+# a list of numbers whose first is negative ("-1,-2"): argparse would take it for an option
+_NEGATIVE_LIST = re.compile(r"^-\d*\.?\d+(\s*,\s*-?\d*\.?\d+)+$")
+
+
+def join_negative_lists(argv: list[str]) -> list[str]:
+    """`--open -1,-2` as `--open=-1,-2`: argparse reads a lone negative number as a value but a
+    comma-separated list that starts with one as an unknown option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_LIST.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 # ------------------------------------------------------------------ output paths
 
 

@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from steerchat.cli.checks import join_negative_lists
+
 # subcommand modules, each with register(subparsers) and run(args)
 COMMAND_MODULES = (
     "steerchat.cli.ask",
@@ -71,7 +73,7 @@ def open_engine_session(model: str, **kwargs):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_lists(sys.argv[1:] if argv is None else list(argv)))
     if getattr(args, "sae_layer", None) is not None:  # travels inside the --sae spec to chat and ask
         if args.sae_layer < 0:
             parser.error("--sae-layer must be 0 or more")

@@ -68,6 +68,7 @@ def test_two_sided_pairs_each_conditional_setting_after_the_open_ones(tmp_path, 
     import pytest
 
     from steerchat.cli import eval as eval_cli
+    from steerchat.cli.checks import join_negative_lists
     from steerchat.cli.main import build_parser
     from steerchat.engine.pipelines import evaluate
 
@@ -81,8 +82,9 @@ def test_two_sided_pairs_each_conditional_setting_after_the_open_ones(tmp_path, 
     monkeypatch.setattr(eval_cli, "_open", lambda args: SimpleNamespace(
         refusal_features=[1], adapter_name=None, model_name="stub", levels=None, gate=gate))
     monkeypatch.setattr(evaluate, "run_sweep", fake_run_sweep)
-    args = build_parser().parse_args(["eval", "--strengths", "0,1,2", "--open", "-1", "--two-sided=-1,0",
-                                      "--sets", "unsafe", "--out", str(tmp_path)])
+    args = build_parser().parse_args(join_negative_lists(["eval", "--strengths", "0,1,2", "--open", "-1",
+                                                           "--two-sided", "-1,0",
+                                                           "--sets", "unsafe", "--out", str(tmp_path)]))
     with pytest.raises(Captured) as got:
         args.run(args)
     keys = [st.key for st in got.value.args[0]]
@@ -97,3 +99,13 @@ def test_two_sided_pairs_each_conditional_setting_after_the_open_ones(tmp_path, 
     assert "--two-sided needs a harm gate" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "--two-sided", "0.5"])
+
+
+def test_a_list_of_negative_numbers_is_a_value_not_an_option():
+    from steerchat.cli.checks import join_negative_lists
+
+    assert join_negative_lists(["eval", "--open", "-1,-2", "--two-sided", "-0.5, 0"]) == [
+        "eval", "--open=-1,-2", "--two-sided=-0.5, 0"]
+    # a lone negative number, a value after '=', a short option and other arguments are left alone
+    keep = ["eval", "--judge-threshold", "-1.5", "--open=-1,-2", "-m", "x", "--limit", "unsafe=3"]
+    assert join_negative_lists(keep) == keep
