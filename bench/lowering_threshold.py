@@ -22,17 +22,18 @@ split with the shipped gate.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
 def _records(path: Path) -> dict[tuple[str, str], dict[str, dict]]:
+    """A results file's records by (setting key, set), each keyed by item id."""
+    from steerchat.engine.pipelines.evaluate import ResultsFile
+
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such results file")
     by: dict[tuple[str, str], dict[str, dict]] = {}
-    with path.open() as fh:
-        next(fh)  # the meta line
-        for line in fh:
-            r = json.loads(line)
-            by.setdefault((r["setting"], r["set"]), {})[r["id"]] = r
+    for r in ResultsFile(path, {}).records:  # any sweep's meta: nothing to compare it with
+        by.setdefault((r["setting"], r["set"]), {})[r["id"]] = r
     return by
 
 
