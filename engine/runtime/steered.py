@@ -150,9 +150,8 @@ class SteeredModel:
     def trace_targets(self, settings: SafetySettings, gate_open: bool | None) -> torch.Tensor | None:
         """The targets a turn's refusal features were held at under `settings`: a two-sided
         level's lowering targets where its gate stayed closed, else the clamp targets."""
-        if gate_open is False and self.closed_targets(settings) is not None:
-            return self.closed_targets(settings)
-        return self.clamp_targets(settings)
+        closed = self.closed_targets(settings) if gate_open is False else None
+        return closed if closed is not None else self.clamp_targets(settings)
 
     def control_for(self, settings: SafetySettings) -> Callable[[], ClampRequest]:
         """A hook control that applies fixed `settings` on every pass."""
