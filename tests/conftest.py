@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,9 @@ def _isolated_home(tmp_path_factory, monkeypatch, shared_models_cache):
     (home / "cache").mkdir(parents=True)
     (home / "cache" / "models").symlink_to(shared_models_cache, target_is_directory=True)
     yield home
+    # an assembled GGUF is 469 MB: a run keeps no home after its test (the shared cache is a
+    # symlink here, which rmtree removes without following)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def build_tiny_tokenizer(folder: Path):

@@ -59,3 +59,38 @@ def file_sha256(path: Path) -> str:
         while chunk := fh.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+# headroom left free after a cache write: a disk filled to the last byte breaks everything else
+FREE_SPACE_MARGIN = 256 << 20
+
+
+def require_free_space(folder: Path, needed: int, what: str) -> None:
+    """Raise a clear error before writing `needed` bytes under `folder` if the disk lacks room.
+
+    Checked up front so a conversion does not fail after minutes with a torn file and a full
+    disk; the folder (or its nearest existing parent) names the filesystem."""
+    import shutil
+
+    from .api import EngineError
+
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return  # unknown: let the write itself report
+    if free < needed + FREE_SPACE_MARGIN:
+        mb = 1 << 20
+        raise EngineError(
+            f"Not enough disk space for {what}: it needs about {(needed + FREE_SPACE_MARGIN) // mb} MB in "
+            f"{folder}, and {free // mb} MB are free. Free some space, or set STEERCHAT_HOME to a folder "
+            f"on a disk with room, and start again.")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error from a writer (OSError, safetensors' own error) means the disk is full."""
+    import errno
+
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)

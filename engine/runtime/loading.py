@@ -28,7 +28,7 @@ from steerchat.engine.core.api import (
     ModelNotAvailable,
     ProgressCallback,
 )
-from steerchat.engine.core.paths import file_sha256, get_paths
+from steerchat.engine.core.paths import file_sha256, get_paths, is_disk_full, require_free_space
 from steerchat.engine.runtime.gguf_parts import assemble as assemble_parts
 from steerchat.engine.runtime.gguf_parts import is_parts_source
 from steerchat.models import STARTER, ModelEntry, get_entry
@@ -176,7 +176,10 @@ def _gguf_cache_dir(gguf: Path, dtype: str = "float32") -> Path:
     # float32 keeps the original key, so existing caches (the starter's) stay valid; another
     # stored dtype gets its own folder
     tag = "" if dtype == "float32" else f":{dtype}"
-    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{CACHE_FORMAT}{tag}".encode()).hexdigest()[:12]
+    # a GGUF assembled from parts is named by its content's sha256, so its name identifies it
+    # wherever the cache lives (test homes share one conversion); other files by their path
+    ident = gguf.name if gguf.parent == get_paths().cache_dir / "gguf" else gguf.resolve()
+    key = hashlib.sha1(f"{ident}:{stat.st_size}:{CACHE_FORMAT}{tag}".encode()).hexdigest()[:12]
     return get_paths().models_cache / f"{gguf.stem}-{key}"
 
 
@@ -196,6 +199,31 @@ def _clean_partials(cache: Path, keep_newer_s: float = 600.0) -> None:
                 shutil.rmtree(stale, ignore_errors=True)
         except OSError:
             pass
+
+
+def _prune_stale_conversions(cache: Path, keep: Path, gguf: Path, dtype: str) -> None:
+    """Remove older conversions of the same GGUF in the same dtype (another steerchat version's
+    cache format, or a file since replaced), and conversions of an assembled GGUF that is gone.
+
+    Each is a full copy of the weights (1.2 GB for the 0.5B model), and nothing else would ever
+    remove them."""
+    ours = get_paths().cache_dir / "gguf"
+    for folder in cache.iterdir():
+        if folder == keep or folder.name.endswith(".partial") or not folder.is_dir():
+            continue
+        try:
+            data = json.loads((folder / "steerchat-cache.json").read_text())
+            source = Path(data["source"])
+            stored = data.get("dtype")
+            if stored is None:  # written before the manifest recorded it: the config says
+                config = json.loads((folder / "config.json").read_text())
+                stored = config.get("dtype") or config.get("torch_dtype") or "float32"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not ours, or unreadable: leave it
+        same = source == gguf and stored == dtype
+        orphan = source.parent == ours and not source.exists()
+        if same or orphan:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def cache_is_valid(folder: Path, full_check: bool = False) -> bool:
@@ -279,6 +307,8 @@ def convert_gguf(gguf: Path, progress: ProgressCallback | None = None, force: bo
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied: stored once, as transformers expects
+        require_free_space(cache, sum(v.numel() * v.element_size() for v in state.values()),
+                           f"converting {gguf.name}")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         files = {}
         for p in sorted(tmp.iterdir()):
@@ -286,13 +316,18 @@ def convert_gguf(gguf: Path, progress: ProgressCallback | None = None, force: bo
                 stat = p.stat()
                 files[p.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(p)}
         (tmp / "steerchat-cache.json").write_text(
-            json.dumps({"format": CACHE_FORMAT, "source": str(gguf), "files": files}, indent=1)
+            json.dumps({"format": CACHE_FORMAT, "source": str(gguf), "dtype": dtype, "files": files}, indent=1)
         )
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed conversion leaves nothing behind
+        if is_disk_full(exc):
+            raise EngineError(f"The disk filled up while converting {gguf.name} into {cache}; nothing was "
+                              f"kept. Free some space, or set STEERCHAT_HOME to a folder on a disk with "
+                              f"room, and start again.") from None
         raise
+    _prune_stale_conversions(cache, target, gguf, dtype)
     _emit(progress, "convert", "Converted and cached", 3, 3)
     return target
 

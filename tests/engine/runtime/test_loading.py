@@ -108,6 +108,75 @@ def test_starter_converts_once_and_detects_a_corrupt_cache():
     assert "Paris" in again.tokenizer.decode(out[0, ids.shape[1]:])
 
 
+def _fake_conversion(cache, name, source, dtype=None, config_dtype="float32"):
+    folder = cache / name
+    folder.mkdir(parents=True)
+    manifest = {"format": 1, "source": str(source), "files": {}}
+    if dtype is not None:
+        manifest["dtype"] = dtype
+    (folder / "steerchat-cache.json").write_text(json.dumps(manifest))
+    (folder / "config.json").write_text(json.dumps({"dtype": config_dtype}))
+    return folder
+
+
+def test_older_conversions_of_the_same_gguf_are_removed(tmp_path):
+    """After a conversion, copies of the same GGUF in the same dtype (older cache formats, a
+    replaced file) and copies of an assembled GGUF that is gone are removed; nothing else is."""
+    from steerchat.engine.core.paths import get_paths
+    from steerchat.engine.runtime.loading import _prune_stale_conversions
+
+    cache = tmp_path / "models"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    ours = get_paths().cache_dir / "gguf"
+    keep = _fake_conversion(cache, "m-new", gguf, "bfloat16")
+    older = _fake_conversion(cache, "m-old", gguf, None, config_dtype="bfloat16")  # manifest without dtype
+    other_dtype = _fake_conversion(cache, "m-f32", gguf, "float32")
+    orphan = _fake_conversion(cache, "gone-abc", ours / "gone-0123456789ab.gguf", "bfloat16")
+    elsewhere = _fake_conversion(cache, "x-abc", tmp_path / "missing-but-not-ours.gguf", "bfloat16")
+    foreign = cache / "not-ours"
+    foreign.mkdir()
+    partial = cache / "m-new2.partial"
+    partial.mkdir()
+    _prune_stale_conversions(cache, keep, gguf, "bfloat16")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        p.name for p in (keep, other_dtype, elsewhere, foreign, partial))
+    assert not older.exists() and not orphan.exists()
+
+
+@pytest.mark.slow
+@requires_starter
+def test_a_full_disk_is_one_clear_sentence_and_keeps_the_cached_model(monkeypatch):
+    """Too little room is said before the weights are written; a disk that fills mid-write is
+    said too; either way the cached conversion stays valid and no *.partial is left."""
+    import shutil
+    from collections import namedtuple
+
+    import safetensors.torch
+
+    from steerchat.models import STARTER, get_entry
+
+    gguf = gguf_from_wheel(get_entry(STARTER).source)
+    folder = convert_gguf(gguf)
+    real = shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 40, (1 << 40) - (300 << 20), 300 << 20))
+    with pytest.raises(EngineError) as err:
+        convert_gguf(gguf, force=True)
+    assert str(err.value).startswith("Not enough disk space for converting SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert "300 MB are free" in str(err.value)
+    monkeypatch.setattr(shutil, "disk_usage", real)
+
+    def full(*a, **k):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(EngineError) as err:
+        convert_gguf(gguf, force=True)
+    assert str(err.value).startswith("The disk filled up while converting") and "\n" not in str(err.value)
+    assert cache_is_valid(folder, full_check=True) and not list(folder.parent.glob("*.partial"))
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
 def test_a_weight_that_is_not_finite_anywhere_is_found(bad):
     from steerchat.engine.runtime.loading import _finite
