@@ -67,10 +67,10 @@ def main() -> None:
     if steered.gate is None:
         raise SystemExit(f"{args.model} has no harm gate")
     dev = default_gate_data(Path(args.shared))
-    scores = sorted(s for s, _ in gate_decisions(steered, dev.dev_harmful, SafetySettings(), 16))
+    scores = sorted(s for s, *_ in gate_decisions(steered, dev.dev_harmful, SafetySettings(), 16))
     threshold = steered.gate.threshold
     t_low = scores[int(args.dev_share * (len(scores) - 1))]
-    hard = [s for s, _ in gate_decisions(steered, dev.dev_hard, SafetySettings(), 16)] if dev.dev_hard else []
+    hard = [s for s, *_ in gate_decisions(steered, dev.dev_hard, SafetySettings(), 16)] if dev.dev_hard else []
     print(f"gate threshold {threshold:.2f}; t_low {t_low:.2f}: {args.dev_share:.0%} of {len(scores)} dev harmful "
           f"prompts below it" + (f", and {sum(s < t_low for s in hard) / len(hard):.0%} of {len(hard)} dev "
                                  "benign-but-scary ones" if hard else ""))

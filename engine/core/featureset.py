@@ -6,7 +6,8 @@ Python, no torch.
     {
       "sae": "...", "hook_layer": 12,
       "refusal_features": [{"feature": 17, "reference_activation": 5.1, "score": 2.3, "label": "..."}],
-      "harm_gate": {"features": [3, 9], "weights": [1.0, 0.5], "threshold": 2.0, "method": "features"},
+      "harm_gate": {"features": [3, 9], "weights": [1.0, 0.5], "threshold": 2.0, "method": "features",
+                    "benign_threshold": 0.5},
       "labels": {"17": "refusal opening", ...},
       "command": "steerchat features find-refusal ..."
     }
@@ -48,6 +49,10 @@ class HarmGate:
     probe_user: list[float] = field(default_factory=list)
     probe_template: list[float] = field(default_factory=list)
     bias: float = 0.0
+    # the lowering side (Open, two-sided levels) pushes refusal down only where the score is below
+    # this, a second threshold that nearly every harmful dev prompt clears; between it and
+    # `threshold` a prompt is left as the model has it. None: lower wherever the gate is closed
+    benign_threshold: float | None = None
 
 
 def _check_types(data: Any) -> None:
@@ -83,6 +88,10 @@ def _check_values(refusal: list[RefusalFeature], gate: HarmGate | None) -> None:
             raise ValueError("harm_gate: weights and threshold must be finite numbers")
         if not all(math.isfinite(w) for w in gate.probe_user + gate.probe_template) or not math.isfinite(gate.bias):
             raise ValueError("harm_gate: the probe's weights and bias must be finite numbers")
+        if gate.benign_threshold is not None and not (math.isfinite(gate.benign_threshold)
+                                                       and gate.benign_threshold <= gate.threshold):
+            raise ValueError(f"harm_gate: benign_threshold {gate.benign_threshold} must be a finite number no "
+                             f"higher than the threshold {gate.threshold}")
         if gate.method == "probe" and not gate.probe_user:
             raise ValueError("harm_gate: method 'probe' needs probe_user weights")
         if gate.probe_template and len(gate.probe_template) != len(gate.probe_user):
@@ -149,6 +158,7 @@ class FeatureSet:
                     probe_user=[float(w) for w in gate.get("probe_user", [])],
                     probe_template=[float(w) for w in gate.get("probe_template", [])],
                     bias=float(gate.get("bias", 0.0)),
+                    benign_threshold=None if gate.get("benign_threshold") is None else float(gate["benign_threshold"]),
                 )
                 if len(harm_gate.features) != len(harm_gate.weights):
                     raise ValueError("harm_gate features and weights differ in length")

@@ -70,6 +70,10 @@ class GateDecision:
     bottom_tokens: list[tuple[str, float]] = field(default_factory=list)
     # the parts the score is the sum of, e.g. [("user tokens", 1.2), ("template tokens", -0.4), ("bias", 0.1)]
     signals: list[tuple[str, float]] = field(default_factory=list)
+    # the lowering side's threshold (Open, two-sided levels push refusal down only below it) and
+    # whether the score was below it; None where the gate has no separate one
+    benign_threshold: float | None = None
+    benign: bool | None = None
 
 
 @dataclass
@@ -101,6 +105,8 @@ class TurnTrace:
     # steering pushed the refusal features down on this turn (Open, or a two-sided level whose gate
     # stayed closed): a refusal then is the model's own, against the push
     lowered: bool = False
+    # the level only ever lowers refusal (Open), at this strength, where the gate says benign
+    lowering_only: bool = False
     sae: str | None = None
     adapter: str | None = None
     hook_layer: int | None = None

@@ -75,14 +75,25 @@ class SweepSetting:
         return f"s={self.strength:g}|{mode}|g={GuidanceMode(self.guidance).value}|f={feats}"
 
     @property
-    def closed_key(self) -> str | None:
-        """For a conditional setting, the key of the setting that its closed-gate rows run as
-        exactly (the hook leaves them alone, or only lowers them as the Open setting does)."""
-        if not (self.conditional and self.strength > 0 and not self.lower):
+    def reads_gate(self) -> bool:
+        """Whether the gate decides what this setting does to a row (conditional, Open, two-sided)."""
+        return self.lower or (self.conditional and self.strength > 0)
+
+    def reuse_key(self, is_open: bool, is_benign: bool) -> str | None:
+        """The key of the setting a row runs exactly as, given how the gate read its prompt (open:
+        at or above the threshold; benign: below the lowering side's threshold), or None where
+        this setting's own steering applies and the row must be generated.
+
+        Where the hook leaves a row alone it runs as the baseline (same guidance); a two-sided
+        setting's benign rows run as the Open setting at its open strength."""
+        base = SweepSetting("", 0.0, False, self.guidance).key
+        if self.lower:  # Open lowers only benign rows
+            return None if is_benign else base
+        if not (self.conditional and self.strength > 0) or is_open:
             return None
-        if self.two_sided:
+        if self.two_sided and is_benign:
             return SweepSetting("", self.open_strength, False, self.guidance, self.features, lower=True).key
-        return SweepSetting("", 0.0, False, self.guidance).key
+        return base
 
     def safety(self) -> SafetySettings:
         level = SafetyLevel(self.name, GuidanceMode(self.guidance), self.strength, self.conditional, lower=self.lower,
@@ -378,11 +389,12 @@ def run_sweep(steered: SteeredModel, sets: list[EvalSet], settings: list[SweepSe
     `out_dir` (items already there are skipped), and return the report: metrics per
     setting, the conditional-steering goal and every record.
 
-    With `reuse_closed`, a conditional setting first runs the gate alone (a prefill up to
-    the hook layer); an item whose gate stays closed runs there exactly as another setting
-    does (the baseline, whose output the hook leaves untouched, or for a two-sided setting
-    the Open one at its open strength), so that setting's record is reused, marked
-    ``reused_baseline``. Escalations always run in full, as the gate is read every turn."""
+    With `reuse_closed`, a setting the gate steers (conditional, Open, two-sided) first runs the
+    gate alone (a prefill up to the hook layer); an item that the gate's reading makes run
+    exactly as another setting does (`SweepSetting.reuse_key`: the baseline where the hook
+    leaves it untouched, the Open setting where a two-sided one lowers it) takes that setting's
+    record, marked ``reused_baseline`` with ``reused_from``. Escalations always run in full, as
+    the gate is read every turn."""
     torch.manual_seed(seed)
     if any(st.conditional and st.strength > 0 for st in settings) and steered.gate is None:
         raise EngineError("conditional settings need a harm gate in features.json; fit one with "
@@ -396,7 +408,8 @@ def run_sweep(steered: SteeredModel, sets: list[EvalSet], settings: list[SweepSe
             **({"stop_on_refusal": True} if stop_on_refusal else {}),
             **({"no_repeat_ngram": no_repeat_ngram} if no_repeat_ngram else {}),
             "refusal_features": [[r.feature, r.reference_activation] for r in steered.features.refusal_features],
-            "harm_gate": None if gate is None else {"n_features": len(gate.features), "threshold": gate.threshold},
+            "harm_gate": None if gate is None else {"n_features": len(gate.features), "threshold": gate.threshold} | (
+                {} if gate.benign_threshold is None else {"benign_threshold": gate.benign_threshold}),
             **(meta or {})}
     results = ResultsFile(Path(out_dir) / RESULTS_NAME, meta)
 
@@ -420,17 +433,23 @@ def run_sweep(steered: SteeredModel, sets: list[EvalSet], settings: list[SweepSe
             if not todo:
                 continue
             bar.set_postfix_str(f"{st.name} · {s.name}")
-            if reuse_closed and st.closed_key is not None and s.kind != "escalation":
-                base = {r["id"]: r for r in results.records if r["setting"] == st.closed_key and r["set"] == s.name}
-                if base:
+            if reuse_closed and st.reads_gate and s.kind != "escalation":
+                keys = {st.reuse_key(o, b) for o, b in ((True, False), (False, False), (False, True))} - {None}
+                sources = {k: {r["id"]: r for r in results.records if r["setting"] == k and r["set"] == s.name}
+                           for k in keys}
+                if any(sources.values()):
                     decisions = gate_decisions(subset, [_prompt_text(s, i) for i in todo], safety, batch_size)
                     still = []
-                    for i, (score, is_open) in zip(todo, decisions):
-                        if is_open or s.ids[i] not in base:
+                    for i, (score, is_open, is_benign) in zip(todo, decisions):
+                        key = st.reuse_key(is_open, is_benign)
+                        same = sources.get(key, {}).get(s.ids[i]) if key else None
+                        if same is None:
                             still.append(i)
                             continue
-                        old = {k: v for k, v in base[s.ids[i]].items() if k not in ("setting", "set", "id")}
-                        record(st, s, i, **(old | {"gate_score": score, "gate_open": False, "reused_baseline": True}))
+                        old = {k: v for k, v in same.items()
+                               if k not in ("setting", "set", "id", "reused_baseline", "reused_from")}
+                        record(st, s, i, **(old | {"gate_score": score, "gate_open": is_open, "reused_baseline": True,
+                                                   "reused_from": key}))
                         bar.update(1)
                     todo = still
             if s.kind in ("unsafe", "safe"):

@@ -22,6 +22,12 @@ refusal features are, by contrast:
    the threshold on a held-out dev split: the highest one that still opens on
    `recall_target` of the dev harmful prompts.
 
+Both methods also pick a second, lower threshold on the same dev harmful prompts, for the
+lowering side (the Open and two-sided levels): the highest score that `benign_recall` (99%) of
+them reach. Refusal is pushed down only below it, so a harmful prompt the gate misses is left as
+the model has it rather than pushed towards an answer (`fit_benign_threshold` sets it alone,
+keeping a fitted gate).
+
 The hard negatives and subtle harmful prompts in `engine/gate_data/` are dev data written
 for this, separate from the evaluation sets in `engine/data/`.
 """
@@ -31,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -241,6 +247,22 @@ def pick_threshold(pos: torch.Tensor, recall_target: float) -> float:
     return float(ranked[k - 1])
 
 
+def benign_below(pos: torch.Tensor, threshold: float, benign_recall: float) -> float:
+    """The lowering side's threshold: the highest score that `benign_recall` of the harmful
+    scores `pos` reach, never above the gate's own `threshold` (stored precision, rounded down)."""
+    return min(threshold, math.floor(pick_threshold(pos, benign_recall) * 1e6) / 1e6)
+
+
+def _benign_metrics(scores: dict[str, torch.Tensor], benign_threshold: float, benign_recall: float) -> dict:
+    """Shares of each dev group scored below the benign threshold (where refusal may be lowered)."""
+    def below(v):
+        return round(float((v < benign_threshold).float().mean()), 4) if len(v) else None
+
+    return {"benign_recall": benign_recall, "dev_benign_harmful": below(scores.get("harmful", torch.zeros(0))),
+            "dev_benign_harmless": below(scores.get("harmless", torch.zeros(0))),
+            "dev_benign_hard_negative": below(scores.get("hard", torch.zeros(0)))}
+
+
 def _split(items: list[str], dev_fraction: float, seed: int, tag: str) -> tuple[list[str], list[str]]:
     order = list(range(len(items)))
     random.Random(f"{seed}:{tag}").shuffle(order)
@@ -258,7 +280,8 @@ def _splits(data: GateData, dev_fraction: float, seed: int) -> dict[str, tuple[l
 
 def fit_probe_gate(steered: SteeredModel, data: GateData, recall_target: float = 0.9, dev_fraction: float = 0.3,
                    guidance: tuple[str, ...] = ("none", "hint"), batch_size: int = 16, seed: int = 0,
-                   progress=None, l2: float = 1e-2, pooled: dict | None = None) -> HarmGate:
+                   progress=None, l2: float = 1e-2, pooled: dict | None = None,
+                   benign_recall: float = 0.99) -> HarmGate:
     """The probe gate (see the module docstring). `pooled`, when given, maps each prompt to
     its (user mean, template mean) residuals already computed under the single guidance
     mode in `guidance` (so a measurement run's encodings can be reused)."""
@@ -303,15 +326,17 @@ def fit_probe_gate(steered: SteeredModel, data: GateData, recall_target: float =
         "recall_target": recall_target, "guidance_modes": list(guidance), "l2": l2,
         "n_train": {g: len(split[g][0]) for g in split}, "n_dev": {g: len(split[g][1]) for g in split},
     }
+    benign = benign_below(pos, threshold, benign_recall)
+    metrics |= _benign_metrics(dev_s, benign, benign_recall)
     return HarmGate(features=[], weights=[], threshold=threshold, method="probe", metrics=metrics,
                     probe_user=[round(float(v), 7) for v in w[:d]], probe_template=[round(float(v), 7) for v in w[d:]],
-                    bias=round(bias, 7))
+                    bias=round(bias, 7), benign_threshold=benign)
 
 
 def fit_harm_gate(steered: SteeredModel, data: GateData, top_k: int = 16, recall_target: float = 0.9,
                   dev_fraction: float = 0.3, guidance: tuple[str, ...] = ("none", "hint"),
                   batch_size: int = 16, seed: int = 0, progress=None, method: str = "probe",
-                  l2: float = 1e-2) -> HarmGate:
+                  l2: float = 1e-2, benign_recall: float = 0.99) -> HarmGate:
     """Fit the harm gate on `data` with the steered model (and, for method "features", its
     SAE); metrics on the dev split are stored in the gate. Prompts are encoded under each
     guidance mode the levels use, because the system prompt changes the activations on the
@@ -323,7 +348,8 @@ def fit_harm_gate(steered: SteeredModel, data: GateData, top_k: int = 16, recall
     if not data.harmful or not (data.harmless or data.hard):
         raise ValueError("fitting a harm gate needs harmful prompts and harmless or hard-negative prompts")
     if method == "probe":
-        return fit_probe_gate(steered, data, recall_target, dev_fraction, guidance, batch_size, seed, progress, l2)
+        return fit_probe_gate(steered, data, recall_target, dev_fraction, guidance, batch_size, seed, progress, l2,
+                              benign_recall=benign_recall)
     groups = {"harmful": data.harmful, "harmless": data.harmless, "hard": data.hard}
     split = _splits(data, dev_fraction, seed)
 
@@ -368,14 +394,17 @@ def fit_harm_gate(steered: SteeredModel, data: GateData, top_k: int = 16, recall
         "n_train": {g: len(split[g][0]) for g in groups}, "n_dev": {g: len(split[g][1]) for g in groups},
         "effect_sizes": {str(f): round(float(d[f]), 3) for f in features},
     }
+    benign = benign_below(pos, threshold, benign_recall)
+    metrics |= _benign_metrics(dev, benign, benign_recall)
     return HarmGate(features=features, weights=[round(float(w), 6) for w in weights],
-                    threshold=threshold, method="features", metrics=metrics)
+                    threshold=threshold, method="features", metrics=metrics, benign_threshold=benign)
 
 
 def gate_decisions(steered: SteeredModel, prompts: list[str], settings: SafetySettings, batch_size: int = 16
-                   ) -> list[tuple[float, bool]]:
-    """The runtime gate's (score, open) for each prompt, exactly as `generate_batch` would
-    decide it (same rendering, left padding and hook), from a prefill stopped at the hook layer."""
+                   ) -> list[tuple[float, bool, bool]]:
+    """The runtime gate's (score, open, benign) for each prompt, exactly as `generate_batch`
+    would decide them (same rendering, left padding and hook), from a prefill stopped at the
+    hook layer. Benign: below the lowering side's threshold (see FeatureGate.is_benign)."""
     hook, model, tok = steered.hook, steered.loaded.model, steered.loaded.tokenizer
     if hook is None or hook.gate is None:
         raise ValueError("this model has no harm gate")
@@ -386,8 +415,33 @@ def gate_decisions(steered: SteeredModel, prompts: list[str], settings: SafetySe
                           masks=[[p.user_mask[0] for p in preps]])
         with steered.steering(lambda: ClampRequest(None), batch.masks[0], record=False):
             run_to_layer(model, hook.layer, batch.input_ids, batch.attention_mask)
-        out += [(float(s), bool(o)) for s, o in zip(hook.gate_scores, hook.gate_open)]
+        out += [(float(s), bool(o), bool(b)) for s, o, b in zip(hook.gate_scores, hook.gate_open, hook.gate_benign)]
     return out
+
+
+def fit_benign_threshold(steered: SteeredModel, data: GateData, benign_recall: float = 0.99,
+                         guidance: tuple[str, ...] = ("none", "hint"), dev_fraction: float = 0.3, seed: int = 0,
+                         batch_size: int = 16, progress=None) -> HarmGate:
+    """The model's fitted gate with only its benign threshold (re)chosen: the dev prompts are
+    scored by the runtime gate under each guidance mode, as the fit scores them, and the gate's
+    probe or features and its threshold are kept as they are."""
+    if steered.gate is None or steered.features.harm_gate is None:
+        raise ValueError("this model has no harm gate to add a benign threshold to; fit one with --fit-gate")
+    split = _splits(data, dev_fraction, seed)
+    scores: dict[str, torch.Tensor] = {}
+    for g, (_, dev) in split.items():
+        got: list[float] = []
+        for mode in guidance:
+            got += [s for s, *_ in gate_decisions(steered, dev, SafetySettings(level=SafetyLevel("fit", GuidanceMode(mode))),
+                                                  batch_size)]
+            if progress:
+                progress(len(dev))
+        scores[g] = torch.tensor(got)
+    if not len(scores["harmful"]):
+        raise ValueError("the gate data has no dev harmful prompts to choose a benign threshold on")
+    gate = steered.features.harm_gate
+    benign = benign_below(scores["harmful"], gate.threshold, benign_recall)
+    return replace(gate, benign_threshold=benign, metrics=gate.metrics | _benign_metrics(scores, benign, benign_recall))
 
 
 def write_gate(features_path: Path, gate: HarmGate, command: str = "") -> None:
@@ -397,6 +451,8 @@ def write_gate(features_path: Path, gate: HarmGate, command: str = "") -> None:
     data["harm_gate"] = {"features": gate.features, "weights": gate.weights, "threshold": gate.threshold,
                          "method": gate.method, "skip_positions": gate.skip_positions,
                          "metrics": gate.metrics | ({"command": command} if command else {})}
+    if gate.benign_threshold is not None:
+        data["harm_gate"]["benign_threshold"] = gate.benign_threshold
     if gate.method == "probe":
         data["harm_gate"] |= {"bias": gate.bias, "probe_user": gate.probe_user, "probe_template": gate.probe_template}
     features_path.write_text(json.dumps(data, indent=2) + "\n")

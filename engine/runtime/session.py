@@ -249,6 +249,7 @@ class Session:
             stopped=bool(cancel is not None and cancel.is_set()), error=error,
             level_changes=level_changes, verdict=judge_refusal(reply, lo), seed=sp.seed,
             loop_stopped=guard is not None and bool(guard.stopped),
+            lowering_only=start_settings.level.lower,
         )
         if hook is not None:
             trace.lowered = any(r.closed_targets is not None for r in hook.records) or (
@@ -261,7 +262,7 @@ class Session:
             build_trace_features(
                 trace, hook, prepared.input_ids[0].tolist(), streamer.ids, tok, steered.features,
                 end_targets=steered.trace_targets(
-                    end_settings, None if hook.gate_open is None else bool(hook.gate_open[0])),
+                    end_settings, None if hook.gate_benign is None else bool(hook.gate_benign[0])),
             )
         first_at = streamer.first_token_at or t1
         gen_s = max(t1 - first_at, 1e-9)

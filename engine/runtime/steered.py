@@ -147,10 +147,10 @@ class SteeredModel:
                             lower_where_closed=settings.level.lower,
                             closed_targets=self.closed_targets(settings))
 
-    def trace_targets(self, settings: SafetySettings, gate_open: bool | None) -> torch.Tensor | None:
+    def trace_targets(self, settings: SafetySettings, gate_benign: bool | None) -> torch.Tensor | None:
         """The targets a turn's refusal features were held at under `settings`: a two-sided
-        level's lowering targets where its gate stayed closed, else the clamp targets."""
-        closed = self.closed_targets(settings) if gate_open is False else None
+        level's lowering targets where the gate read the prompt as benign, else the clamp targets."""
+        closed = self.closed_targets(settings) if gate_benign else None
         return closed if closed is not None else self.clamp_targets(settings)
 
     def control_for(self, settings: SafetySettings) -> Callable[[], ClampRequest]:

@@ -58,7 +58,9 @@ class FeatureGate:
     score = bias + mean over user tokens of u·h_t + mean over the template tokens after the
     user message (where an instruction model settles whether to refuse) of v·h_t, so each
     position's share of the score is u·h_t / n_user or v·h_t / n_template.
-    The gate opens where score >= threshold.
+    The gate opens where score >= threshold. The lowering side (Open, two-sided levels) reads a
+    second, lower threshold: it pushes refusal down only where score < benign_threshold (when
+    set; otherwise wherever the gate is closed), so a prompt scored in between is left alone.
     """
 
     features: list[int]
@@ -69,6 +71,7 @@ class FeatureGate:
     probe_user: list[float] = field(default_factory=list)
     probe_template: list[float] = field(default_factory=list)
     bias: float = 0.0
+    benign_threshold: float | None = None
 
     def __post_init__(self) -> None:
         self.last_signals: list[dict[str, torch.Tensor]] | None = None
@@ -77,7 +80,16 @@ class FeatureGate:
     def from_spec(cls, gate: HarmGate) -> "FeatureGate":
         """The runtime gate for a fitted `HarmGate` read from features.json."""
         return cls(list(gate.features), list(gate.weights), gate.threshold, gate.skip_positions,
-                   gate.method, list(gate.probe_user), list(gate.probe_template), gate.bias)
+                   gate.method, list(gate.probe_user), list(gate.probe_template), gate.bias, gate.benign_threshold)
+
+    def is_open(self, scores: torch.Tensor) -> torch.Tensor:
+        """Where conditional steering raises refusal: score >= threshold."""
+        return scores >= self.threshold
+
+    def is_benign(self, scores: torch.Tensor) -> torch.Tensor:
+        """Where the lowering side may push refusal down: below the benign threshold (the gate's
+        own threshold when none is set)."""
+        return scores < (self.threshold if self.benign_threshold is None else self.benign_threshold)
 
     @property
     def is_probe(self) -> bool:
@@ -171,6 +183,7 @@ class SteeringHook:
         self.gate_scores: torch.Tensor | None = None
         self.gate_positions: torch.Tensor | None = None
         self.gate_open: torch.Tensor | None = None
+        self.gate_benign: torch.Tensor | None = None
         self.steered_rows: torch.Tensor | None = None
         self._dirs: torch.Tensor | None = None
         self._handle = None
@@ -179,7 +192,7 @@ class SteeringHook:
     def reset(self) -> None:
         """Forget what was recorded: call before each new generation."""
         self.records = []
-        self.gate_scores = self.gate_positions = self.gate_open = None
+        self.gate_scores = self.gate_positions = self.gate_open = self.gate_benign = None
         self.steered_rows = None  # (B,) rows the last pass clamped, None when it clamped none
         self._ref_norm = None
 
@@ -200,7 +213,8 @@ class SteeringHook:
             natural = acts[..., self.refusal_features]
             if self.gate is not None and self.gate_scores is None:
                 self.gate_scores, self.gate_positions = self.gate.scores(acts, self.prompt_mask, hidden)
-                self.gate_open = self.gate_scores >= self.gate.threshold
+                self.gate_open = self.gate.is_open(self.gate_scores)
+                self.gate_benign = self.gate.is_benign(self.gate_scores)
             request = self.control() if self.control is not None else ClampRequest(None)
             targets = request.targets if self.refusal_features else None
             closed = request.closed_targets if (self.refusal_features and request.conditional) else None
@@ -211,8 +225,8 @@ class SteeringHook:
                 else:
                     if request.conditional and not bool(self.gate_open.any()):
                         targets = None
-                    if bool(self.gate_open.all()):
-                        closed = None  # nothing is closed to lower
+                    if not bool(self.gate_benign.any()):
+                        closed = None  # nothing benign enough to lower
                         if request.lower_where_closed:
                             targets = None
             if self.record:
@@ -235,7 +249,7 @@ class SteeringHook:
                 if request.lower_where_closed:
                     # never raised, and only where the gate says the prompt is benign; the decoding
                     # guards for steered refusals are not for rows pushed away from refusing
-                    coeff = coeff.clamp(max=0) * (~self.gate_open).to(coeff.dtype)[:, None, None]
+                    coeff = coeff.clamp(max=0) * self.gate_benign.to(coeff.dtype)[:, None, None]
                 elif request.conditional:
                     coeff = coeff * self.gate_open.to(coeff.dtype)[:, None, None]
                     self.steered_rows = self.gate_open.clone()
@@ -243,7 +257,7 @@ class SteeringHook:
                     self.steered_rows = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
             if closed is not None:
                 lowered = ((closed.to(natural.dtype) - natural) * live_r).clamp(max=0)
-                coeff = coeff + lowered * (~self.gate_open).to(coeff.dtype)[:, None, None]
+                coeff = coeff + lowered * self.gate_benign.to(coeff.dtype)[:, None, None]
             delta = coeff @ self.directions.to(coeff.dtype)
             steered = hidden + delta.to(hidden.dtype)
         return with_hidden(output, steered)

@@ -98,4 +98,6 @@ def build_trace_features(
             score=_r(hook.gate_scores[0]), threshold=_r(hook.gate.threshold), open=bool(hook.gate_open[0]),
             method=features.harm_gate.method if features.harm_gate else "features", top_tokens=top,
             bottom_tokens=bottom if getattr(hook.gate, "is_probe", False) else [], signals=signals,
+            benign_threshold=None if hook.gate.benign_threshold is None else _r(hook.gate.benign_threshold),
+            benign=None if hook.gate.benign_threshold is None else bool(hook.gate_benign[0]),
         )

@@ -131,6 +131,13 @@ def register(sub) -> None:
                    help="folder with harmful_train.json, harmless_train.json (default ../shared/data if present)")
     x.add_argument("--gate-recall", type=probability, default=0.95,
                    help="share of dev harmful prompts the gate must open on (0.95: the knee of the dev curve on the starter)")
+    x.add_argument("--gate-benign-recall", type=probability, default=0.99,
+                   help="the lowering side (Open, two-sided levels) pushes refusal down only below a second threshold "
+                        "that this share of dev harmful prompts reach (0.99: a harmful prompt the gate misses is "
+                        "left as the model has it, not pushed towards an answer)")
+    x.add_argument("--fit-benign-threshold", action="store_true",
+                   help="keep the fitted harm gate and choose only its benign threshold (--gate-benign-recall) on "
+                        "the gate's dev split; written into features.json")
     x.add_argument("--gate-features", type=positive_int, default=64, help="most SAE features in the gate (--gate-method features)")
     x.add_argument("--gate-method", choices=("probe", "features"), default="probe",
                    help="probe: a linear probe on the hook-layer residual (default); features: the SAE-feature gate")
@@ -150,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     from steerchat.engine.core.levels import LevelError
 
     try:
-        if args.judge_check and not (args.calibrate or args.fit_gate):
+        if args.judge_check and not (args.calibrate or args.fit_gate or args.fit_benign_threshold):
             return _judge_check(args)
         return _run(args)
     except (EngineError, LevelError, ValueError) as exc:
@@ -212,7 +219,7 @@ def _fit_gate(args, steered) -> None:
     total = 2 * (len(data.harmful) + len(data.harmless) + len(data.hard))
     with tqdm(total=total, desc="fit gate", unit="prompt") as bar:
         gate = fit_harm_gate(steered, data, top_k=args.gate_features, recall_target=args.gate_recall, method=args.gate_method,
-                             seed=args.seed, progress=bar.update)
+                             seed=args.seed, progress=bar.update, benign_recall=args.gate_benign_recall)
     write_gate(path, gate, command=gate_command(sys.argv))
     m = gate.metrics
     kind = "a residual probe" if gate.method == "probe" else f"{len(gate.features)} features"
@@ -223,8 +230,42 @@ def _fit_gate(args, steered) -> None:
     print(f"harm gate: {kind}, threshold {gate.threshold:.3f}; on the dev split it opens on "
           f"{share('dev_open_harmful', 'harmful')}, {share('dev_open_harmless', 'harmless')} and "
           f"{share('dev_open_hard_negative', 'dangerous-sounding harmless prompts')}. Written to {path}")
+    _say_benign(gate)
     from steerchat.engine.core.featureset import FeatureSet
 
+    steered.set_features(FeatureSet.load(path))
+
+
+def _say_benign(gate) -> None:
+    m = gate.metrics
+
+    def share(key: str, what: str) -> str:
+        return f"{m[key]:.0%} of {what}" if m.get(key) is not None else f"no {what}"
+
+    print(f"benign threshold {gate.benign_threshold:.3f} (Open and two-sided levels lower refusal only below it); "
+          f"on the dev split {share('dev_benign_harmful', 'harmful')}, {share('dev_benign_harmless', 'harmless')} "
+          f"and {share('dev_benign_hard_negative', 'dangerous-sounding harmless prompts')} score below it")
+
+
+def _fit_benign(args, steered) -> None:
+    from tqdm import tqdm
+
+    from steerchat.engine.core.featureset import FeatureSet
+    from steerchat.engine.pipelines.harm_gate import default_gate_data, fit_benign_threshold, write_gate
+    from steerchat.engine.runtime.steered import features_path, resolve_sae
+
+    path = features_path(resolve_sae(args.sae, steered.loaded), steered.loaded)
+    if path is None or steered.gate is None:
+        raise ValueError("--fit-benign-threshold needs a fitted harm gate in features.json (fit one with --fit-gate)")
+    shared = Path(args.gate_data) if args.gate_data else Path("../shared/data")
+    data = default_gate_data(shared if shared.is_dir() else None, seed=args.seed)
+    total = 2 * (len(data.dev_harmful) + len(data.dev_harmless) + len(data.dev_hard))
+    with tqdm(total=total, desc="benign threshold", unit="prompt") as bar:
+        gate = fit_benign_threshold(steered, data, args.gate_benign_recall, seed=args.seed, progress=bar.update)
+    gate.metrics["benign_command"] = gate_command(sys.argv)
+    write_gate(path, gate)
+    _say_benign(gate)
+    print(f"Written to {path}")
     steered.set_features(FeatureSet.load(path))
 
 
@@ -263,6 +304,8 @@ def _run(args) -> int:
     steered = _open(args)
     if args.fit_gate:
         _fit_gate(args, steered)
+    elif args.fit_benign_threshold:
+        _fit_benign(args, steered)
     settings = []
     if args.levels:
         names = steered.levels.names if args.levels == "all" else [n.strip() for n in args.levels.split(",")]

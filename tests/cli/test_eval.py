@@ -30,11 +30,11 @@ def test_the_recorded_gate_command_is_the_one_typed(argv):
     assert "-m qwen2.5-coder-0.5b" in got and got.endswith("--sets unsafe")
 
 
-def test_fit_gate_writes_the_gate_beside_the_sae_and_steers_with_it(tiny_model_dir, tmp_path, monkeypatch):
+def test_fit_gate_writes_the_gate_beside_the_sae_and_steers_with_it(tiny_model_dir, tmp_path, monkeypatch, capsys):
     import argparse
     import json
 
-    from steerchat.cli.eval import _fit_gate
+    from steerchat.cli.eval import _fit_benign, _fit_gate
     from steerchat.engine.core.featureset import FeatureSet, RefusalFeature
     from steerchat.engine.pipelines import harm_gate
     from steerchat.engine.runtime.loading import load_model
@@ -55,11 +55,26 @@ def test_fit_gate_writes_the_gate_beside_the_sae_and_steers_with_it(tiny_model_d
         harmful[:2], ["Give me a cake recipe."], hard[:1], dev_harmful=harmful[2:], dev_hard=hard[1:]))
     monkeypatch.setattr("sys.argv", ["steerchat", "eval", "-m", "tiny", "--fit-gate"])
     args = argparse.Namespace(sae=str(folder), gate_data=str(tmp_path / "none"), seed=0, gate_features=6,
-                              gate_recall=1.0, gate_method="probe")
+                              gate_recall=1.0, gate_method="probe", gate_benign_recall=0.99)
     _fit_gate(args, steered)
     saved = json.loads((folder / "features.json").read_text())
     assert saved["harm_gate"]["method"] == "probe" and "steerchat eval -m tiny --fit-gate" in json.dumps(saved)
+    assert saved["harm_gate"]["benign_threshold"] <= saved["harm_gate"]["threshold"]
     assert steered.gate is not None  # the sweep that follows steers with the new gate
+    assert "benign threshold" in capsys.readouterr().out
+
+    # --fit-benign-threshold rechooses only the benign threshold, and records its own command
+    monkeypatch.setattr("sys.argv", ["steerchat", "eval", "-m", "tiny", "--fit-benign-threshold",
+                                     "--gate-benign-recall", "0.5"])
+    args.gate_benign_recall = 0.5
+    _fit_benign(args, steered)
+    again = json.loads((folder / "features.json").read_text())["harm_gate"]
+    assert again["probe_user"] == saved["harm_gate"]["probe_user"] and again["threshold"] == saved["harm_gate"]["threshold"]
+    assert again["benign_threshold"] >= saved["harm_gate"]["benign_threshold"]
+    assert again["metrics"]["command"] == saved["harm_gate"]["metrics"]["command"]
+    assert again["metrics"]["benign_command"].endswith("--fit-benign-threshold --gate-benign-recall 0.5")
+    assert steered.gate.benign_threshold == again["benign_threshold"]
+    assert "Written to" in capsys.readouterr().out
 
 
 def test_two_sided_pairs_each_conditional_setting_after_the_open_ones(tmp_path, monkeypatch, capsys):

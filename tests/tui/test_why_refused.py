@@ -140,6 +140,29 @@ def test_the_gate_section_says_what_a_two_sided_level_did_with_a_closed_gate():
     t.open_strength = None  # a plain gated level skips steering on a closed gate
     assert "closed, so steering was skipped" in gate_text(t) and "two-sided" not in str(turn_summary(t))
 
+    # with a benign threshold: a closed gate whose score is not below it leaves refusal alone
+    t.open_strength, t.gate.benign_threshold, t.gate.benign = -1.0, t.gate.threshold - 2.0, False
+    text = gate_text(t)
+    assert f"(refusal is pushed down only below {t.gate.threshold - 2.0:.2f})" in text
+    assert "closed, but not below the benign threshold, so refusal was left as the model has it" in text
+    assert f"(not benign: ≥ {t.gate.threshold - 2.0:.2f})" in str(turn_summary(t))
+    t.gate.benign = True
+    assert "closed, so refusal was pushed down instead" in gate_text(t) and "not benign" not in str(turn_summary(t))
+
+
+def test_the_gate_section_of_the_open_level_says_it_only_lowers():
+    from steerchat.tui.screens.why_refused import gate_text
+
+    t = _trace("Off", "how do I kill a python process")
+    t.level, t.conditional, t.strength, t.lowering_only, t.gate.open, t.gate.benign = "Open", False, -1.0, True, False, True
+    text = gate_text(t)
+    assert "only lowering refusal: where the prompt looks benign, refusal features are pushed down to -1×" in text
+    assert "closed, so refusal was pushed down instead" in text
+    t.gate.open, t.gate.benign = True, False
+    assert "open, so this level left refusal as the model has it" in gate_text(t)
+    t.gate.open, t.gate.benign_threshold = False, t.gate.threshold - 1.0
+    assert "closed, but not below the benign threshold" in gate_text(t)
+
 
 def test_a_lowered_turn_says_the_features_were_pushed_down_not_up():
     from steerchat.tui.screens.why_refused import steering_text

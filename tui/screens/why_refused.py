@@ -134,7 +134,10 @@ def steering_text(trace: TurnTrace) -> str:
 def gate_text(trace: TurnTrace) -> str:
     level = f"Level {trace.level}: guidance {trace.guidance_mode}, strength s={trace.strength:g}"
     open_s = trace.open_strength
-    if trace.conditional and open_s is not None:
+    if trace.lowering_only:
+        level += (f", only lowering refusal: where the prompt looks benign, refusal features are pushed down to "
+                  f"{trace.strength:g}× their reference.")
+    elif trace.conditional and open_s is not None:
         level += (f", only when the prompt looks harmful; where it looks benign, refusal features are pushed "
                   f"down to {open_s:g}× their reference.")
     else:
@@ -142,13 +145,22 @@ def gate_text(trace: TurnTrace) -> str:
     gate = trace.gate
     if gate is None:
         return level
+    lowers = trace.lowering_only or (trace.conditional and open_s is not None)
+    # a score between the two thresholds: not harmful enough to raise, not benign enough to lower
+    between = lowers and not gate.open and gate.benign is False
     state = "open, so steering applied" if gate.open else "closed, so steering was skipped"
-    if trace.conditional and open_s is not None and not gate.open:
-        state = "closed, so refusal was pushed down instead"
-    if not trace.conditional:
+    if lowers and not gate.open:
+        state = ("closed, but not below the benign threshold, so refusal was left as the model has it"
+                 if between else "closed, so refusal was pushed down instead")
+    if trace.lowering_only and gate.open:
+        state = "open, so this level left refusal as the model has it (it only lowers refusal on benign prompts)"
+    elif not trace.conditional and not trace.lowering_only:
         state = "open" if gate.open else "closed"
         state += " (this level steers regardless)" if trace.strength > 0 else ""
-    text = f"{level}\nThe harm gate scored the prompt {gate.score:.2f} against a threshold of {gate.threshold:.2f}: {state}."
+    against = f"a threshold of {gate.threshold:.2f}"
+    if lowers and gate.benign_threshold is not None:
+        against += f" (refusal is pushed down only below {gate.benign_threshold:.2f})"
+    text = f"{level}\nThe harm gate scored the prompt {gate.score:.2f} against {against}: {state}."
     if gate.method == "probe":
         text += "\nIt is a linear probe on the residual stream; a token's share of the score is the probe's dot product with it."
     if gate.signals:

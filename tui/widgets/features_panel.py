@@ -138,6 +138,8 @@ def turn_summary(trace: TurnTrace) -> Text:
     if trace.gate is not None:
         out.append(f"\nGate {trace.gate.score:.2f} / {trace.gate.threshold:.2f} ")
         out.append("open" if trace.gate.open else "closed", style="bold red" if trace.gate.open else "green")
+        if not trace.gate.open and trace.gate.benign is False:
+            out.append(f" (not benign: ≥ {trace.gate.benign_threshold:.2f})", style="yellow")
     if trace.sae is None:
         out.append("\nNo SAE loaded: no features to show, and the slider changes only the guidance.", style="yellow")
     if trace.verdict is not None:

@@ -9,6 +9,7 @@ import pytest
 
 from steerchat.engine.core.api import EngineError
 from steerchat.engine.core.datasets import JudgeExample
+from steerchat.engine.core.levels import SafetySettings
 from steerchat.engine.pipelines.evaluate import (EvalSet, ResultsFile, SweepSetting, conditional_goal, format_table,
                                                  item_ids, judge_check, judge_metrics, load_sets, run_sweep,
                                                  subsample, summarise, sweep_settings)
@@ -203,8 +204,12 @@ def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
     # setting's records are reused (not the baseline's), and none is generated again
     opened = SweepSetting("open s=-1", -1.0, False, lower=True)
     two = SweepSetting("s=1 cond open=-1", 1.0, True, open_strength=-1.0)
-    assert two.key == "s=1|cond+open=-1|g=none|f=all" and two.closed_key == opened.key
-    assert s1c.closed_key == BASE.key and UNC.closed_key is None
+    assert two.key == "s=1|cond+open=-1|g=none|f=all"
+    # (open, benign): open rows steer; benign ones lower as Open; those in between run as the baseline
+    assert [two.reuse_key(*g) for g in ((True, False), (False, True), (False, False))] == [None, opened.key, BASE.key]
+    assert [s1c.reuse_key(*g) for g in ((True, False), (False, True), (False, False))] == [None, BASE.key, BASE.key]
+    assert [opened.reuse_key(*g) for g in ((True, False), (False, True), (False, False))] == [BASE.key, None, BASE.key]
+    assert UNC.reuse_key(False, True) is None and not UNC.reads_gate and not BASE.reads_gate
     assert two.safety().level.two_sided and two.safety().level.open_strength == -1.0
     calls.clear()
     fifth = run_sweep(session, sets, [BASE, opened, two], tmp_path / "closed", max_new_tokens=3, show_progress=False)
@@ -215,6 +220,32 @@ def test_resume_skips_finished_items(tiny_model_dir, tmp_path, monkeypatch):
     assert all(r.get("reply", r.get("scores")) == low[(r["set"], r["id"])].get("reply", low[(r["set"], r["id"])].get("scores"))
                for r in mine)
     assert fifth["summary"][2]["open_strength"] == -1.0 and fifth["summary"][1]["open_strength"] is None
+
+    # a benign threshold below the gate's: thresholds set between the prompts' own scores so that
+    # rows fall open / in between / benign; only the open rows of the two-sided setting and the
+    # benign rows of the Open setting are generated, everything else is reused from the one it equals
+    from steerchat.engine.pipelines.harm_gate import gate_decisions
+
+    texts = [x.text for s in sets if s.kind in ("unsafe", "safe") for x in s.items]
+    scores = sorted(sc for sc, *_ in gate_decisions(session, texts, SafetySettings(), 4))
+    assert len(set(scores)) == 4
+    session.hook.gate.threshold = (scores[2] + scores[3]) / 2  # 1 open
+    session.hook.gate.benign_threshold = (scores[0] + scores[1]) / 2  # 1 benign, 2 in between
+    calls.clear()
+    sixth = run_sweep(session, sets, [BASE, opened, two], tmp_path / "band", max_new_tokens=3, show_progress=False)
+    assert sum(calls) == 4 + 1 + 1
+    recs = {(r["setting"], r["set"], r["id"]): r for r in sixth["records"]}
+    for (key, kind, item), r in recs.items():
+        if kind not in ("unsafe", "safe") or key == BASE.key:
+            continue
+        benign = r["gate_score"] < session.hook.gate.benign_threshold
+        want = (None if (key == opened.key and benign) or (key == two.key and r["gate_open"])
+                else opened.key if benign else BASE.key)
+        assert r.get("reused_from") == want
+        if want is not None:
+            assert r["reply"] == recs[(want, kind, item)]["reply"]
+    assert json.loads((tmp_path / "band" / "results.jsonl").read_text().splitlines()[0])["meta"]["harm_gate"][
+        "benign_threshold"] == session.hook.gate.benign_threshold
 
 
 def test_summarise_reports_explicit_declines_and_loops():

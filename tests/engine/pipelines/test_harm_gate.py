@@ -195,3 +195,34 @@ def test_probe_gate_matches_the_runtime_gate_and_round_trips(session, tmp_path):
 def test_unknown_gate_method_is_refused(session):
     with pytest.raises(ValueError, match="unknown gate method"):
         fit_harm_gate(session, GateData(HARMFUL, HARMLESS, HARD), method="magic")
+
+
+def test_the_benign_threshold_is_chosen_on_the_dev_harmful_prompts_and_can_be_refitted_alone(session, tmp_path):
+    """The fit puts the lowering side's threshold where `benign_recall` of the dev harmful prompts
+    score at or above it; `fit_benign_threshold` rechooses only that, keeping the fitted probe."""
+    from steerchat.engine.pipelines.harm_gate import fit_benign_threshold
+
+    data = GateData(HARMFUL[:4], HARMLESS[:3], HARD[:2], dev_harmful=HARMFUL[4:], dev_hard=HARD[2:])
+    gate = fit_harm_gate(session, data, recall_target=0.5, guidance=("none",), batch_size=4, benign_recall=0.99)
+    saved = session.features
+    try:
+        session.set_features(FeatureSet(refusal_features=[RefusalFeature(3, 2.0)], harm_gate=gate))
+        dev = sorted(s for s, *_ in gate_decisions(session, HARMFUL[4:], SafetySettings(), batch_size=2))
+        assert dev[0] < dev[1]
+        # (the fit scores with the unrounded probe, the runtime gate with the stored one: 1e-5 apart)
+        assert gate.threshold == pytest.approx(dev[1], abs=1e-5)  # opens on half of the dev harmful prompts
+        assert gate.benign_threshold == pytest.approx(dev[0], abs=1e-5)  # 99% of them reach it: both
+        assert gate.metrics["dev_benign_harmful"] == 0.0 and gate.metrics["dev_open_harmful"] == 0.5
+        assert gate.metrics["benign_recall"] == 0.99 and "dev_benign_hard_negative" in gate.metrics
+
+        again = fit_benign_threshold(session, data, benign_recall=0.5, guidance=("none",), batch_size=2)
+        assert again.benign_threshold == pytest.approx(min(gate.threshold, dev[1]), abs=1e-5)
+        assert again.probe_user == gate.probe_user and again.threshold == gate.threshold and again.bias == gate.bias
+        FeatureSet(refusal_features=[RefusalFeature(3, 2.0)], sae="tiny").save(tmp_path)
+        write_gate(tmp_path / "features.json", again)
+        back = FeatureSet.load(tmp_path / "features.json").harm_gate
+        assert back.benign_threshold == again.benign_threshold and back.metrics["benign_recall"] == 0.5
+    finally:
+        session.set_features(saved)
+    with pytest.raises(ValueError, match="no harm gate"):
+        fit_benign_threshold(session, data)

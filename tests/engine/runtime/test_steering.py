@@ -3,6 +3,8 @@ the harm gate's scoring, and attention-sink positions."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -287,6 +289,67 @@ class _AllGate(FeatureGate):
     def scores(self, acts, mask, hidden=None):
         b, t = acts.shape[:2]
         return torch.ones(b), torch.zeros(b, t)
+
+
+class _ThreeGate(FeatureGate):
+    """Rows score 1.0, 0.0 and -1.0: with threshold 0.5 and benign threshold -0.5, row 0 is open,
+    row 1 in between (closed, not benign) and row 2 benign."""
+
+    def scores(self, acts, mask, hidden=None):
+        b, t = acts.shape[:2]
+        return torch.tensor([1.0, 0.0, -1.0][:b]), torch.zeros(b, t)
+
+
+@pytest.mark.parametrize("two_sided", [True, False])
+def test_a_benign_threshold_lowers_only_below_it_and_leaves_the_band_bit_identical(tiny, sae, two_sided):
+    model = tiny.model
+    ids = torch.randint(0, 200, (3, 10))
+    original = _capture_layer_output(model, LAYER, ids)
+    acts = sae.encode(original)
+    features = [int(f) for f in acts[1:].amax((0, 1)).topk(3).indices]  # they fire on the closed rows
+    up, down = torch.tensor([4.0, 3.0, 5.0]), torch.full((3,), -1.0)
+    request = (ClampRequest(up, conditional=True, closed_targets=down) if two_sided
+               else ClampRequest(down, lower_where_closed=True))
+    gate = _ThreeGate([], [], threshold=0.5, benign_threshold=-0.5)
+    hook = SteeringHook(sae, LAYER, refusal_features=features, gate=gate, control=lambda: request)
+    with hook.applied(model):
+        steered = _capture_layer_output(model, LAYER, ids)
+    assert hook.gate_open.tolist() == [True, False, False] and hook.gate_benign.tolist() == [False, False, True]
+    a = acts[..., features]
+    if two_sided:
+        assert torch.allclose(steered[0], original[0] + (up - a[0]) @ sae.W_dec[features], atol=1e-5)
+    else:
+        assert torch.equal(steered[0], original[0])  # Open never raises
+    assert torch.equal(steered[1], original[1])  # in between: neither raised nor lowered, bit for bit
+    assert torch.allclose(steered[2], original[2] + (down - a[2]).clamp(max=0) @ sae.W_dec[features], atol=1e-5)
+    assert not torch.allclose(steered[2], original[2])
+    # with no row below the benign threshold, nothing is lowered and no lowering is on record
+    hook.gate = _ThreeGate([], [], threshold=0.5, benign_threshold=-2.0)
+    with hook.applied(model):
+        out = _capture_layer_output(model, LAYER, ids)
+    assert torch.equal(out[1:], original[1:]) and hook.records[0].closed_targets is None
+    if not two_sided:
+        assert hook.records[0].targets is None
+
+
+def test_the_benign_threshold_round_trips_and_must_not_exceed_the_gate_s(tmp_path):
+    from steerchat.engine.core.api import EngineError
+    from steerchat.engine.core.featureset import FeatureSet, HarmGate, RefusalFeature
+
+    fs = FeatureSet(refusal_features=[RefusalFeature(1, 2.0)],
+                    harm_gate=HarmGate([1], [1.0], 0.5, benign_threshold=-0.25))
+    fs.save(tmp_path)
+    back = FeatureSet.load(tmp_path)
+    assert back.harm_gate.benign_threshold == -0.25
+    assert FeatureGate.from_spec(back.harm_gate).benign_threshold == -0.25
+    # a gate without one lowers wherever it is closed, as before
+    plain = FeatureGate([], [], threshold=0.5)
+    assert plain.is_benign(torch.tensor([0.4, 0.5])).tolist() == [True, False]
+    data = json.loads((tmp_path / "features.json").read_text())
+    data["harm_gate"]["benign_threshold"] = 0.75
+    (tmp_path / "features.json").write_text(json.dumps(data))
+    with pytest.raises(EngineError, match="benign_threshold 0.75 must be a finite number no higher than the threshold"):
+        FeatureSet.load(tmp_path)
 
 
 def test_two_sided_levels_round_trip_and_reject_a_raising_open_strength():
