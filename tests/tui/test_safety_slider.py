@@ -46,6 +46,10 @@ async def test_moving_during_a_reply_takes_effect_on_the_next_token(make_app, en
         await pilot.press("ctrl+s", "right", "right", "right")
         session.release.set()
         await finished(pilot)
+        await pilot.pause()
+        # the reply ending does not take the keyboard away from the slider: a key pressed as
+        # it ends still moves the slider, not the cursor in the message box
+        assert app.focused is app.chat_screen.query_one(SafetySlider)
         used = session.token_levels[0]
         assert used[:3] == ["Off"] * 3 and set(used[3:]) == {"Medium"}
         view = app.chat_screen.query_one(AssistantMessage)
