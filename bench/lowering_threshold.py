@@ -14,6 +14,11 @@ t_low is chosen on the gate's dev split only (the score that all but --dev-share
 harmful prompts exceed), never on the sets measured. The model is loaded only to score the dev
 split with the shipped gate.
 
+This analysis chose to ship the rule: features.json's `harm_gate.benign_threshold`, chosen by
+`steerchat eval --fit-benign-threshold`. The script still answers "what would another t_low
+do" from a run made without a benign threshold (one made with it has already left its band
+alone, and is refused).
+
     python bench/lowering_threshold.py --model qwen2.5-coder-0.5b --dev-share 0.01 \
         --results uncensorbench=W/qwen-uncensor/results.jsonl:unsafe \
         --results benign-scary=W/describe-qwen/results.jsonl:safe
@@ -22,6 +27,7 @@ split with the shipped gate.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -31,8 +37,12 @@ def _records(path: Path) -> dict[tuple[str, str], dict[str, dict]]:
 
     if not path.is_file():
         raise SystemExit(f"{path}: no such results file")
+    results = ResultsFile(path, {})  # any sweep's meta: nothing to compare it with
+    meta = next((json.loads(line)["meta"] for line in path.open() if line.startswith('{"meta"')), {})
+    if (meta.get("harm_gate") or {}).get("benign_threshold") is not None:
+        raise SystemExit(f"{path}: this run already had a benign threshold; measure a run made without one")
     by: dict[tuple[str, str], dict[str, dict]] = {}
-    for r in ResultsFile(path, {}).records:  # any sweep's meta: nothing to compare it with
+    for r in results.records:
         by.setdefault((r["setting"], r["set"]), {})[r["id"]] = r
     return by
 
