@@ -126,7 +126,10 @@ def assemble(source: str, name: str, progress: ProgressCallback | None = None, f
     tmp = out.with_name(out.name + ".partial")
     whole = hashlib.sha256()
     n = 0
-    tmp.unlink(missing_ok=True)  # a torn .partial from an earlier run does not count as used space
+    try:
+        tmp.unlink(missing_ok=True)  # a torn .partial from an earlier run does not count as used space
+    except OSError:
+        pass  # the write below says what is wrong with the folder
     require_free_space(out.parent, src.size, f"assembling {out.name}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
