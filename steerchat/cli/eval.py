@@ -221,11 +221,10 @@ def _fit_gate(args, steered) -> None:
         gate = fit_harm_gate(steered, data, top_k=args.gate_features, recall_target=args.gate_recall, method=args.gate_method,
                              seed=args.seed, progress=bar.update, benign_recall=args.gate_benign_recall)
     write_gate(path, gate, command=gate_command(sys.argv))
-    m = gate.metrics
     kind = "a residual probe" if gate.method == "probe" else f"{len(gate.features)} features"
 
     def share(key: str, what: str) -> str:
-        return f"{m[key]:.0%} of {what}" if m.get(key) is not None else f"no {what} (none in the dev split)"
+        return _dev_share(gate.metrics, key, what)
 
     print(f"harm gate: {kind}, threshold {gate.threshold:.3f}; on the dev split it opens on "
           f"{share('dev_open_harmful', 'harmful')}, {share('dev_open_harmless', 'harmless')} and "
@@ -236,11 +235,14 @@ def _fit_gate(args, steered) -> None:
     steered.set_features(FeatureSet.load(path))
 
 
-def _say_benign(gate) -> None:
-    m = gate.metrics
+def _dev_share(metrics: dict, key: str, what: str) -> str:
+    """'12% of harmful', or what the dev split lacked."""
+    return f"{metrics[key]:.0%} of {what}" if metrics.get(key) is not None else f"no {what} (none in the dev split)"
 
+
+def _say_benign(gate) -> None:
     def share(key: str, what: str) -> str:
-        return f"{m[key]:.0%} of {what}" if m.get(key) is not None else f"no {what}"
+        return _dev_share(gate.metrics, key, what)
 
     print(f"benign threshold {gate.benign_threshold:.3f} (Open and two-sided levels lower refusal only below it); "
           f"on the dev split {share('dev_benign_harmful', 'harmful')}, {share('dev_benign_harmless', 'harmless')} "
