@@ -1,17 +1,14 @@
 """Where a decode step's time goes besides the model's forward: paired, in one process.
 
-Three ways to decode the same prompt greedily, exactly --tokens tokens each, in alternating
+Two ways to decode the same prompt greedily, exactly --tokens tokens each, in alternating
 rounds (medians printed; tokens/s over the whole call, prefill included):
 
   generate          transformers' `generate`, plain model (what bench/vs_llama_cpp.py times)
   lean loop         a hand-written greedy loop over the model's forward with a KV cache, plain;
                     same tokens as `generate` (checked)
-  generate+clamp    `generate` with the SAE hook clamping at the strongest level's strength on
-                    every position (the benchmark's steered path)
 
-lean loop / generate says how much `generate`'s own bookkeeping costs a step; generate+clamp /
-generate what the hook costs. (The chat's own turn is not timed here: its decoding guards end a
-steered reply early, so it cannot be held to exactly --tokens tokens.)
+lean loop / generate says how much `generate`'s own bookkeeping costs a step. What the hook costs
+is bench/steering_overhead.py's measure.
 
     python bench/decode_overhead.py --model smollm2-135m [--tokens 64] [--rounds 4] [--threads 2]
 """
@@ -38,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import DynamicCache
 
-    from steerchat.engine.core.levels import SafetyLevel, SafetySettings
+    from steerchat.engine.core.levels import SafetySettings
     from steerchat.engine.runtime.session import open_session
 
     steered = open_session(args.model).steered  # the chat's own loading (int8 weights on a CPU where chosen)
@@ -47,10 +44,6 @@ def main() -> None:
     ids = steered.prepare([], PROMPT, SafetySettings()).input_ids
     kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, temperature=None, top_p=None, top_k=None,
               pad_token_id=tok.pad_token_id)
-    strength = steered.levels.get(steered.levels.names[-1]).strength
-    clamp = SafetySettings(SafetyLevel("bench", strength=strength))
-    control = steered.control_for(clamp)
-
     def generate() -> tuple[float, torch.Tensor]:
         t = time.perf_counter()
         with torch.inference_mode():
@@ -69,14 +62,8 @@ def main() -> None:
                     out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
         return n / (time.perf_counter() - t), torch.cat(toks, 1)[0]
 
-    def clamped() -> float:
-        t = time.perf_counter()
-        with torch.inference_mode(), steered.steering(control):
-            model.generate(ids, **kw)
-        return n / (time.perf_counter() - t)
-
-    runs = {"generate": [], "lean loop": [], "generate+clamp": []}
-    generate(), lean(), clamped()  # warm-up
+    runs = {"generate": [], "lean loop": []}
+    generate(), lean()  # warm-up
     same = True
     for _ in range(args.rounds):
         g, tg = generate()
@@ -84,13 +71,11 @@ def main() -> None:
         same = same and torch.equal(tg, tl)
         runs["generate"].append(g)
         runs["lean loop"].append(lo)
-        runs["generate+clamp"].append(clamped())
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"{args.model}, {n} tokens, {args.threads} threads, {args.rounds} alternating rounds (median, min-max):")
     for k, v in runs.items():
         print(f"  {k:15} {med[k]:6.1f} tok/s  ({min(v):.1f}-{max(v):.1f})")
     print(f"  lean loop / generate     {med['lean loop'] / med['generate']:.2f}  (same tokens: {same})")
-    print(f"  generate+clamp / generate {med['generate+clamp'] / med['generate']:.2f}")
 
 
 if __name__ == "__main__":
